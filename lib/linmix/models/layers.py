@@ -1,0 +1,88 @@
+"""Building blocks shared by mixers and the LM: projections, norms, GLU MLP, rotary, short conv."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dense(d_in: int, d_out: int, *, rngs: nnx.Rngs, dtype, use_bias: bool = False) -> nnx.Linear:
+    """A projection with fp32 parameters computing in `dtype`."""
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=dtype, rngs=rngs)
+
+
+def rms_norm(d: int, *, rngs: nnx.Rngs, dtype, eps: float = 1e-6) -> nnx.RMSNorm:
+    return nnx.RMSNorm(d, epsilon=eps, dtype=dtype, rngs=rngs)
+
+
+class GLUMLP(nnx.Module):
+    """SwiGLU MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, d_model: int, d_hidden: int, *, rngs: nnx.Rngs, dtype):
+        self.gate = dense(d_model, d_hidden, rngs=rngs, dtype=dtype)
+        self.up = dense(d_model, d_hidden, rngs=rngs, dtype=dtype)
+        self.down = dense(d_hidden, d_model, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        return self.down(jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD))
+
+
+def positions(segment_ids_BT: jax.Array | None, batch: int, length: int) -> jax.Array:
+    """Position of each token within its segment (restarting at every document start)."""
+    t_T = jnp.arange(length, dtype=jnp.int32)
+    if segment_ids_BT is None:
+        return jnp.broadcast_to(t_T, (batch, length))
+    is_start_BT = jnp.concatenate(
+        [
+            jnp.ones((batch, 1), bool),
+            segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1],
+        ],
+        axis=1,
+    )
+    start_BT = jax.lax.cummax(jnp.where(is_start_BT, t_T[None, :], 0), axis=1)
+    return t_T[None, :] - start_BT
+
+
+def rotary(x_BTHK: jax.Array, pos_BT: jax.Array, base: float = 10000.0) -> jax.Array:
+    """Rotary position embedding on the last dim (split-halves convention), computed in fp32."""
+    k = x_BTHK.shape[-1]
+    half = k // 2
+    freq_F = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle_BTF = pos_BT[..., None].astype(jnp.float32) * freq_F[None, None, :]
+    cos_BT1F = jnp.cos(angle_BTF)[:, :, None, :]
+    sin_BT1F = jnp.sin(angle_BTF)[:, :, None, :]
+    x = x_BTHK.astype(jnp.float32)
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    out = jnp.concatenate([x1 * cos_BT1F - x2 * sin_BT1F, x2 * cos_BT1F + x1 * sin_BT1F, rest], -1)
+    return out.astype(x_BTHK.dtype)
+
+
+class ShortConv(nnx.Module):
+    """Causal depthwise convolution of width w over time, reset at segment boundaries.
+
+    y_t = sum_j w_j * x_{t-j} over j < w, counting only x_{t-j} in the same segment as t, so no
+    information crosses a packed-document boundary.
+    """
+
+    def __init__(self, channels: int, width: int = 4, *, rngs: nnx.Rngs, dtype):
+        scale = 1.0 / width
+        init = jax.random.uniform(rngs.params(), (width, channels), minval=-scale, maxval=scale)
+        self.kernel = nnx.Param(init.at[0].add(1.0))  # start near identity: a gentle mixer
+        self.width = width
+        self.dtype = dtype
+
+    def __call__(self, x_BTC: jax.Array, segment_ids_BT: jax.Array | None = None) -> jax.Array:
+        w_W11C = self.kernel[...].astype(self.dtype)[:, None, None, :]
+        x_BTC = x_BTC.astype(self.dtype)
+        y_BTC = x_BTC * w_W11C[0]
+        for j in range(1, self.width):
+            shifted_BTC = jnp.pad(x_BTC, ((0, 0), (j, 0), (0, 0)))[:, : x_BTC.shape[1]]
+            if segment_ids_BT is not None:
+                seg_prev_BT = jnp.pad(segment_ids_BT, ((0, 0), (j, 0)), constant_values=-1)
+                same_BT = seg_prev_BT[:, : x_BTC.shape[1]] == segment_ids_BT
+                shifted_BTC = jnp.where(same_BT[..., None], shifted_BTC, 0)
+            y_BTC = y_BTC + shifted_BTC * w_W11C[j]
+        return y_BTC

@@ -1,0 +1,57 @@
+"""Projection and output pieces shared by the engine-L mixers (linear_attn, retnet, gla)."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from linmix.models.layers import ShortConv, dense, rms_norm
+
+
+class QKV(nnx.Module):
+    """x -> per-head q [B,T,H,K], k [B,T,H,K], v [B,T,H,V], with an optional causal short conv."""
+
+    def __init__(
+        self,
+        d_model: int,
+        key_dim: int,
+        value_dim: int,
+        num_heads: int,
+        *,
+        short_conv: bool,
+        conv_size: int,
+        rngs: nnx.Rngs,
+        dtype,
+    ):
+        self.num_heads = num_heads
+        self.q = dense(d_model, key_dim, rngs=rngs, dtype=dtype)
+        self.k = dense(d_model, key_dim, rngs=rngs, dtype=dtype)
+        self.v = dense(d_model, value_dim, rngs=rngs, dtype=dtype)
+        convs = [ShortConv(n, conv_size, rngs=rngs, dtype=dtype) for n in (key_dim, key_dim, value_dim)]
+        self.convs = nnx.List(convs) if short_conv else None
+
+    def __call__(self, x_BTD: jax.Array, segment_ids_BT: jax.Array | None):
+        qkv = [self.q(x_BTD), self.k(x_BTD), self.v(x_BTD)]
+        if self.convs is not None:
+            # The conv is a local token mixer; SiLU after it as in the papers that use one.
+            qkv = [jax.nn.silu(c(y, segment_ids_BT)) for c, y in zip(self.convs, qkv, strict=True)]
+        b, t, _ = x_BTD.shape
+        return [y.reshape(b, t, self.num_heads, -1) for y in qkv]
+
+
+class GatedOutput(nnx.Module):
+    """Per-head RMSNorm of the mixer output, optionally times swish(x W_g), then W_o."""
+
+    def __init__(
+        self, d_model: int, value_dim: int, head_v: int, *, gate: bool, rngs: nnx.Rngs, dtype
+    ):
+        self.norm = rms_norm(head_v, rngs=rngs, dtype=dtype)
+        self.gate = dense(d_model, value_dim, rngs=rngs, dtype=dtype) if gate else None
+        self.out = dense(value_dim, d_model, rngs=rngs, dtype=dtype)
+
+    def __call__(self, o_BTHV: jax.Array, x_BTD: jax.Array) -> jax.Array:
+        b, t, _, _ = o_BTHV.shape
+        y_BTF = self.norm(o_BTHV).reshape(b, t, -1)
+        if self.gate is not None:
+            y_BTF = y_BTF * jax.nn.silu(self.gate(x_BTD))
+        return self.out(y_BTF)

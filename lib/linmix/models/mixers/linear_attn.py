@@ -1,0 +1,91 @@
+"""Vanilla kernel linear attention (Katharopoulos et al. 2020). Engine L, no gate (class I).
+
+o_t = phi(q_t) S_t with S_t = sum_{s<=t} phi(k_s)^T v_s; normalised either by the denominator
+phi(q_t) . sum phi(k_s) (a ones column appended to v) or, as fla defaults, by an RMSNorm on the
+output (MIXERS.md §2.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from linmix.models.mixers.base import Mixer, Options
+from linmix.models.mixers.common import QKV, GatedOutput
+from linmix.ops.gla import gla
+
+FEATURE_MAPS = {
+    "identity": lambda x: x,
+    "elu1": lambda x: jax.nn.elu(x) + 1.0,
+    "relu": jax.nn.relu,
+}
+NORMALIZATIONS = ("rmsnorm", "denominator")
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearAttnOptions(Options):
+    expand_k: float = 1.0
+    expand_v: float = 1.0
+    feature_map: str = "elu1"
+    normalization: str = "rmsnorm"
+    use_short_conv: bool = False
+    conv_size: int = 4
+    use_output_gate: bool = False
+
+
+class LinearAttn(Mixer, nnx.Module):
+    name = "linear_attn"
+    Options = LinearAttnOptions
+
+    @classmethod
+    def check(cls, cfg, opts) -> None:
+        super().check(cfg, opts)
+        if opts.feature_map not in FEATURE_MAPS:
+            raise ValueError(
+                f"mixer 'linear_attn': feature_map {opts.feature_map!r} not in {sorted(FEATURE_MAPS)}"
+            )
+        if opts.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"mixer 'linear_attn': normalization {opts.normalization!r} not in {NORMALIZATIONS}"
+            )
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        o = self.options_from(cfg)
+        dtype = self.compute_dtype(cfg)
+        self.num_heads = h = o.num_heads or cfg.num_heads
+        key_dim, value_dim = int(cfg.d_model * o.expand_k), int(cfg.d_model * o.expand_v)
+        self.qkv = QKV(
+            cfg.d_model,
+            key_dim,
+            value_dim,
+            h,
+            short_conv=o.use_short_conv,
+            conv_size=o.conv_size,
+            rngs=rngs,
+            dtype=dtype,
+        )
+        self.feature_map = o.feature_map
+        self.denominator = o.normalization == "denominator"
+        self.output = GatedOutput(
+            cfg.d_model, value_dim, value_dim // h, gate=o.use_output_gate, rngs=rngs, dtype=dtype
+        )
+        self.chunk_size = cfg.chunk_size
+
+    def __call__(self, x_BTD: jax.Array, *, segment_ids=None):
+        q_BTHK, k_BTHK, v_BTHV = self.qkv(x_BTD, segment_ids)
+        phi = FEATURE_MAPS[self.feature_map]
+        q_BTHK, k_BTHK = phi(q_BTHK), phi(k_BTHK)
+        if self.denominator:
+            # The ones column makes the last output column the denominator phi(q_t) . z_t.
+            ones_BTH1 = jnp.ones(v_BTHV.shape[:-1] + (1,), v_BTHV.dtype)
+            v_BTHV = jnp.concatenate([v_BTHV, ones_BTH1], axis=-1)
+        o_BTHV, _ = gla(
+            q_BTHK, k_BTHK, v_BTHV, None, scale=1.0, segment_ids=segment_ids,
+            chunk_size=self.chunk_size,
+        )
+        if self.denominator:
+            o_BTHV = o_BTHV[..., :-1] / (o_BTHV[..., -1:] + 1e-6)
+        return self.output(o_BTHV, x_BTD), None

@@ -1,0 +1,128 @@
+"""Public entry point for gated linear attention: input validation and dispatch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from linmix.ops.gla import reference, xla
+
+IMPLEMENTATIONS = ("xla", "reference")
+
+
+def gla(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: jax.Array | None = None,
+    output_final_state: bool = False,
+    segment_ids: jax.Array | None = None,
+    causal: bool = True,
+    chunk_size: int = 64,
+    implementation: str | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Gated linear attention: S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale * q_t S_t.
+
+    Args:
+      q, k: [B, T, H, K]. v: [B, T, H, V] (V may differ from K).
+      g: log-decay (<= 0). None (no decay), [B, T, H] (one scalar per head) or [B, T, H, K]
+        (per key channel).
+      scale: multiplies the output; defaults to K**-0.5.
+      initial_state: [B, H, K, V], any float dtype (used in fp32); feeds the first segment only.
+        Not allowed with causal=False.
+      output_final_state: return the fp32 [B, H, K, V] state after the last token (that is, the
+        state of the last segment). Not allowed with causal=False.
+      segment_ids: [B, T] integers, non-decreasing along T (packed documents). The state is reset
+        to zero wherever the id changes, so tokens only see their own document.
+      causal: False gives the bidirectional form, where query t sees every key s of its segment
+        with weight prod of a_j over the tokens strictly after min(s, t) up to max(s, t).
+      chunk_size: chunk length of the chunked algorithm; a positive power of two.
+      implementation: None or 'xla' (chunked, default) or 'reference' (per-token scan oracle).
+
+    Returns:
+      (o, final_state): o [B, T, H, V] in q.dtype; final_state [B, H, K, V] fp32, or None when
+      output_final_state is False (always None for causal=False).
+    """
+    impl = "xla" if implementation is None else implementation
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
+    _validate(q, k, v, g, initial_state, segment_ids, chunk_size)
+    if not causal and (output_final_state or initial_state is not None):
+        raise ValueError(
+            "causal=False has no recurrent state: initial_state and output_final_state=True "
+            "are not supported with it"
+        )
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+
+    if not causal:
+        if impl == "reference":
+            o_BTHV = reference.gla_bidirectional_reference(
+                q, k, v, g, scale=scale, segment_ids=segment_ids
+            )
+        else:
+            o_BTHV = xla.gla_bidirectional_chunked(
+                q, k, v, g, scale=scale, segment_ids=segment_ids, chunk_size=chunk_size
+            )
+        return o_BTHV.astype(q.dtype), None
+
+    if impl == "reference":
+        o_BTHV, S_BHKV = reference.gla_reference(
+            q, k, v, g, scale=scale, initial_state=initial_state, segment_ids=segment_ids
+        )
+    else:
+        o_BTHV, S_BHKV = xla.gla_chunked(
+            q,
+            k,
+            v,
+            g,
+            scale=scale,
+            initial_state=initial_state,
+            segment_ids=segment_ids,
+            chunk_size=chunk_size,
+        )
+    return o_BTHV.astype(q.dtype), (S_BHKV if output_final_state else None)
+
+
+def _validate(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array | None,
+    initial_state: jax.Array | None,
+    segment_ids: jax.Array | None,
+    chunk_size: int,
+) -> None:
+    """Static shape/dtype checks only: values (g <= 0, sorted ids) can't be checked under jit."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have rank 4 [B, T, H, dim], got shape {x.shape}")
+    B, T, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {q.shape} ([B, T, H, K]), got {k.shape}")
+    if v.shape[:3] != (B, T, H):
+        raise ValueError(f"v must be [B, T, H, V] = [{B}, {T}, {H}, V], got {v.shape}")
+    V = v.shape[3]
+    if g is not None and g.shape not in ((B, T, H), (B, T, H, K)):
+        raise ValueError(
+            f"g must be None, [B, T, H] = {(B, T, H)} or [B, T, H, K] = {(B, T, H, K)}, "
+            f"got {g.shape}"
+        )
+    if initial_state is not None and initial_state.shape != (B, H, K, V):
+        raise ValueError(
+            f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {initial_state.shape}"
+        )
+    if segment_ids is not None:
+        if segment_ids.shape != (B, T):
+            raise ValueError(f"segment_ids must be [B, T] = {(B, T)}, got {segment_ids.shape}")
+        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
+    if (
+        not isinstance(chunk_size, int)
+        or isinstance(chunk_size, bool)
+        or chunk_size <= 0
+        or chunk_size & (chunk_size - 1)
+    ):
+        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")

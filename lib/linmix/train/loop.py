@@ -1,0 +1,132 @@
+"""The training loop: `run(config, workdir)` trains, evaluates, checkpoints and resumes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from linmix.data import eval_batches, make_mqar_sources, train_iterator
+from linmix.models import ModelConfig
+from linmix.train.checkpoint import Checkpointer
+from linmix.train.metrics import MetricWriter
+from linmix.train.state import init_state, make_optimizer
+from linmix.train.step import eval_step, train_step
+from linmix.train.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+def build_data(config: ConfigDict):
+    d = config.data
+    train_src, test_src = make_mqar_sources(
+        d.vocab_size,
+        d.seq_len,
+        d.num_kv_pairs,
+        d.num_train,
+        d.num_test,
+        config.seed,
+        power_a=d.power_a,
+        num_passes=d.num_passes,
+        random_non_queries=d.random_non_queries,
+    )
+    it = train_iterator(
+        train_src, batch_size=config.train.batch_size, seed=config.seed, worker_count=d.worker_count
+    )
+    return it, test_src
+
+
+def evaluate(eval_fn, model, test_src, config: ConfigDict) -> float:
+    """MQAR accuracy: mean over test examples of the accuracy over their supervised positions."""
+    n = min(config.train.eval_examples, len(test_src))
+    per_example = []
+    for batch in eval_batches(test_src, batch_size=config.train.batch_size, num_examples=n):
+        out = jax.device_get(eval_fn(model, batch))
+        per_example.append(out["correct_B"] / np.maximum(out["supervised_B"], 1))
+    return float(np.concatenate(per_example).mean())
+
+
+def run(config: ConfigDict, workdir: str | Path) -> dict:
+    """Train to `config.train.steps`, resuming from the newest checkpoint in `workdir`."""
+    nnx.set_graph_mode(False)
+    model_cfg = validate(config)
+    tc = config.train
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    tx = make_optimizer(
+        lr=tc.lr,
+        warmup_steps=tc.warmup_steps,
+        steps=tc.steps,
+        min_lr_ratio=tc.min_lr_ratio,
+        weight_decay=tc.weight_decay,
+        b1=tc.b1,
+        b2=tc.b2,
+        clip_norm=tc.clip_norm,
+    )
+    init_fn = functools.partial(init_state, model_cfg, tx, config.seed)
+    data_iter, test_src = build_data(config)
+    ckpt = Checkpointer(workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints)
+
+    start = ckpt.latest_step()
+    if start is None:
+        state = jax.jit(init_fn)()
+        start = 0
+    else:
+        state = ckpt.restore(start, jax.eval_shape(init_fn), data_iter)
+        log.warning("resumed from %s at step %d", ckpt.directory, start)
+        print(f"linmix: resuming from checkpoint at step {start}", flush=True)
+    _log_model(model_cfg, state.model)
+
+    # Every MQAR example supervises exactly num_kv_pairs positions: a static bound for the gather.
+    per_batch = tc.batch_size * config.data.num_kv_pairs
+    step_fn = jax.jit(
+        functools.partial(train_step, tx=tx, max_targets=per_batch), donate_argnums=0
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, max_targets=per_batch))
+    writer = MetricWriter(workdir, start_step=start)
+    tokens_per_step = tc.batch_size * config.data.seq_len
+    bar = tqdm(
+        total=tc.steps, initial=start, disable=not tc.progress, unit="step", dynamic_ncols=True
+    )
+    last = {}
+    t_last, step_last = time.perf_counter(), start
+    try:
+        for step in range(start + 1, tc.steps + 1):
+            state, metrics = step_fn(state, next(data_iter))
+            record = {}
+            if step % tc.log_every == 0 or step == tc.steps:
+                metrics = jax.device_get(metrics)  # the only host sync between logs
+                now = time.perf_counter()
+                tok_s = tokens_per_step * (step - step_last) / (now - t_last)
+                t_last, step_last = now, step
+                record.update({k: float(v) for k, v in metrics.items()}, tokens_per_s=tok_s)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+            if step % tc.eval_every == 0 or step == tc.steps:
+                record["eval_accuracy"] = evaluate(eval_fn, state.model, test_src, config)
+                bar.write(f"step {step}: eval_accuracy={record['eval_accuracy']:.4f}")
+                t_last = time.perf_counter()  # keep eval time out of the throughput
+            if record:
+                writer.write(step, record)
+                last.update(record, step=step)
+            ckpt.save(step, state, data_iter, force=step == tc.steps)
+            bar.update(1)
+    finally:
+        bar.close()
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    return last
+
+
+def _log_model(model_cfg: ModelConfig, model) -> None:
+    n = sum(x.size for x in jax.tree.leaves(model))
+    log.info("model %s: %s parameters", model_cfg.mixer, f"{n:,}")

@@ -1,0 +1,60 @@
+"""Config validation: every inconsistency is reported in one line, before anything compiles."""
+
+from __future__ import annotations
+
+import jax
+from ml_collections import ConfigDict
+
+from linmix.data import validate_mqar_args
+from linmix.models import ModelConfig
+
+TASKS = ("mqar",)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field."""
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate(config: ConfigDict) -> ModelConfig:
+    """Check the whole config and return the ModelConfig it describes."""
+    _need(config.task in TASKS, f"task {config.task!r} not in {TASKS}")
+    d, tc = config.data, config.train
+    try:
+        validate_mqar_args(
+            vocab_size=d.vocab_size,
+            seq_len=d.seq_len,
+            num_kv_pairs=d.num_kv_pairs,
+            num_passes=d.num_passes,
+            power_a=d.power_a,
+        )
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
+    try:
+        model_cfg = ModelConfig(**config.model.to_dict())
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    _need(
+        model_cfg.vocab_size >= d.vocab_size,
+        f"model.vocab_size={model_cfg.vocab_size} < data.vocab_size={d.vocab_size}",
+    )
+    _need(d.num_train >= 1 and d.num_test >= 1, "data.num_train and data.num_test must be >= 1")
+    _need(tc.steps >= 1, f"train.steps must be >= 1, got {tc.steps}")
+    _need(tc.lr > 0, f"train.lr must be > 0, got {tc.lr}")
+    _need(0 <= tc.warmup_steps, f"train.warmup_steps must be >= 0, got {tc.warmup_steps}")
+    _need(0 <= tc.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {tc.min_lr_ratio}")
+    _need(tc.weight_decay >= 0, f"train.weight_decay must be >= 0, got {tc.weight_decay}")
+    _need(0 <= tc.b1 < 1 and 0 <= tc.b2 < 1, "train.b1 and train.b2 must lie in [0, 1)")
+    for name in ("log_every", "eval_every", "eval_examples", "checkpoint_every", "keep_checkpoints"):
+        _need(tc[name] >= 1, f"train.{name} must be >= 1, got {tc[name]}")
+    _need(tc.batch_size >= 1, f"train.batch_size must be >= 1, got {tc.batch_size}")
+    _need(
+        tc.batch_size % jax.process_count() == 0,
+        f"train.batch_size={tc.batch_size} is not divisible by {jax.process_count()} processes",
+    )
+    _need(d.worker_count >= 0, f"data.worker_count must be >= 0, got {d.worker_count}")
+    return model_cfg

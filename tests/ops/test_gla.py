@@ -1,0 +1,277 @@
+"""Gated linear attention: chunked XLA form vs the per-token oracle, semantics and validation."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from linmix.ops.gla import gla
+
+B, H, K, V = 2, 2, 8, 12
+FP32_TOL = 1e-4
+# bf16 inputs: the chunked form rounds its matmul operands (decayed q/k, the carried state, the
+# intra-chunk scores) to bf16, so it is compared to the fp32 oracle with a looser bound.
+BF16_TOL = 2e-2
+
+
+def rel_err(a: jax.Array, b: jax.Array) -> float:
+    """Relative RMS error ||a - b|| / ||b||."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@functools.cache
+def _noise(seed: int) -> np.ndarray:
+    """Standard normals from a fixed jax.random key, cut into test tensors on the host: sampling
+    every shape in JAX would compile a new sampler per shape and dominate the suite's runtime."""
+    return np.asarray(jax.random.normal(jax.random.key(seed), (5, 1 << 13)))
+
+
+def normal(seed: int, slot: int, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    n = int(np.prod(shape))
+    return jnp.asarray(_noise(seed)[slot, :n].reshape(shape), dtype)
+
+
+def make_inputs(
+    T: int,
+    gate: str | None,
+    *,
+    strength: float = 1.0,
+    seed: int = 0,
+    dtype: jnp.dtype = jnp.float32,
+) -> dict[str, jax.Array | None]:
+    """Random q/k/v, a log-decay gate of the given kind in about [-1.4, -0.6] * strength (never
+    zero, so every token decays), and a random initial state."""
+    g = None
+    if gate is not None:
+        shape = (B, T, H) if gate == "scalar" else (B, T, H, K)
+        g = -strength * (1.0 + 0.4 * jnp.tanh(normal(seed, 3, shape)))
+    return dict(
+        q=normal(seed, 0, (B, T, H, K), dtype),
+        k=normal(seed, 1, (B, T, H, K), dtype),
+        v=normal(seed, 2, (B, T, H, V), dtype),
+        g=g,
+        initial_state=normal(seed, 4, (B, H, K, V)),
+    )
+
+
+def segments_from_starts(T: int, starts_per_row: list[list[int]]) -> jax.Array:
+    """[B, T] int32 segment ids, a new segment beginning at each listed position."""
+    rows = []
+    for starts in starts_per_row:
+        marks = np.zeros(T, np.int32)
+        marks[[s for s in starts if 0 < s < T]] = 1
+        rows.append(np.cumsum(marks))
+    return jnp.asarray(np.stack(rows))
+
+
+@functools.partial(jax.jit, static_argnames=("implementation", "causal", "chunk_size", "final"))
+def run_with_grads(inputs, segment_ids, cotangents, *, implementation, causal, chunk_size, final):
+    """Outputs and input gradients (via vjp with fixed cotangents) of one gla configuration."""
+    diff_args = {name: x for name, x in inputs.items() if x is not None}
+
+    def f(args):
+        o, S = gla(
+            args["q"],
+            args["k"],
+            args["v"],
+            args.get("g"),
+            initial_state=args.get("initial_state"),
+            output_final_state=final,
+            segment_ids=segment_ids,
+            causal=causal,
+            chunk_size=chunk_size,
+            implementation=implementation,
+        )
+        return (o, S) if final else (o,)
+
+    outs, vjp = jax.vjp(f, diff_args)
+    (grads,) = vjp(cotangents[: len(outs)])
+    return outs, grads
+
+
+def compare(
+    inputs: dict[str, jax.Array | None],
+    *,
+    segment_ids: jax.Array | None = None,
+    causal: bool = True,
+    chunk_size: int = 16,
+    final: bool = True,
+    tol: float = FP32_TOL,
+) -> None:
+    """Assert xla == reference for outputs and all gradients, and that everything is finite."""
+    if not causal:
+        inputs = {**inputs, "initial_state": None}
+        final = False
+    T = inputs["q"].shape[1]
+    cotangents = (normal(99, 0, (B, T, H, V), inputs["q"].dtype), normal(99, 1, (B, H, K, V)))
+    kwargs = dict(segment_ids=segment_ids, cotangents=cotangents, causal=causal, final=final)
+    got = run_with_grads(inputs, implementation="xla", chunk_size=chunk_size, **kwargs)
+    want = run_with_grads(inputs, implementation="reference", chunk_size=16, **kwargs)
+    for name, a, b in zip(("o", "final_state")[: len(want[0])], got[0], want[0], strict=True):
+        assert np.isfinite(np.asarray(a, np.float32)).all(), name
+        assert rel_err(a, b) < tol, (name, rel_err(a, b))
+    for name in want[1]:
+        a, b = got[1][name], want[1][name]
+        assert np.isfinite(np.asarray(a, np.float32)).all(), f"grad {name}"
+        assert rel_err(a, b) < tol, (f"grad {name}", rel_err(a, b))
+
+
+@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
+@pytest.mark.parametrize("T", [1, 7, 63, 64, 65, 130])
+def test_matches_reference(T: int, gate: str | None) -> None:
+    compare(make_inputs(T, gate), chunk_size=16)
+
+
+@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
+@pytest.mark.parametrize("T", [63, 130])
+def test_matches_reference_chunk64_no_state(T: int, gate: str | None) -> None:
+    inputs = {**make_inputs(T, gate, seed=1), "initial_state": None}
+    compare(inputs, chunk_size=64, final=False)
+
+
+@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
+@pytest.mark.parametrize("chunk_size", [16, 64])
+def test_segments_match_reference(gate: str | None, chunk_size: int) -> None:
+    T = 130
+    # Boundaries at chunk edges (16, 32, 64, 128), one token in (1), a one-token last segment
+    # (129), and a row whose whole second half is a single segment.
+    segment_ids = segments_from_starts(T, [[1, 16, 20, 32, 64, 128, 129], [5, 65]])
+    compare(make_inputs(T, gate, seed=2), segment_ids=segment_ids, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
+def test_random_segments_match_reference(gate: str | None) -> None:
+    T = 65
+    segment_ids = jnp.sort(jax.random.randint(jax.random.key(7), (B, T), 0, 6), axis=1)
+    assert len(np.unique(segment_ids[0])) > 2
+    compare(make_inputs(T, gate, seed=3), segment_ids=segment_ids, chunk_size=16)
+
+
+@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
+@pytest.mark.parametrize("T", [7, 65])
+@pytest.mark.parametrize("segmented", [False, True])
+def test_bidirectional_matches_reference(T: int, gate: str | None, segmented: bool) -> None:
+    segment_ids = segments_from_starts(T, [[3, 16], [32]]) if segmented else None
+    compare(make_inputs(T, gate, seed=4), segment_ids=segment_ids, causal=False, chunk_size=16)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+@pytest.mark.parametrize("strength", [0.01, 20.0])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gate_strengths(gate: str, strength: float, causal: bool) -> None:
+    T = 65
+    segment_ids = segments_from_starts(T, [[16, 40], [33]])
+    inputs = make_inputs(T, gate, strength=strength, seed=5)
+    compare(inputs, segment_ids=segment_ids, causal=causal, chunk_size=16)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_extreme_decay_is_finite(gate: str) -> None:
+    """g ~ -1e4 per step: every decay underflows to 0, nothing overflows, in fwd and grads."""
+    T = 40
+    inputs = make_inputs(T, gate, strength=1e4, seed=6)
+    q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]
+
+    def loss(q, k, v, g):
+        o, S = gla(q, k, v, g, initial_state=inputs["initial_state"], output_final_state=True)
+        return jnp.sum(o**2) + jnp.sum(S**2)
+
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, g)
+    for x in grads:
+        assert np.isfinite(np.asarray(x)).all()
+    # With all decays ~0 the output is just the diagonal term scale * (q_t . k_t) v_t.
+    o, _ = gla(q, k, v, g, chunk_size=16)
+    diag = K**-0.5 * jnp.sum(q * k, axis=-1, keepdims=True) * v
+    assert rel_err(o, diag) < FP32_TOL
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_bf16_close_to_fp32_reference(gate: str, causal: bool) -> None:
+    T = 65
+    inputs = make_inputs(T, gate, seed=8)
+    bf16 = {n: x if n in ("g", "initial_state") else x.astype(jnp.bfloat16) for n, x in inputs.items()}
+    state = dict(initial_state=inputs["initial_state"]) if causal else {}
+    o, _ = gla(bf16["q"], bf16["k"], bf16["v"], inputs["g"], causal=causal, chunk_size=16, **state)
+    assert o.dtype == jnp.bfloat16
+    # The oracle sees the same (bf16-rounded) inputs, in fp32.
+    f32 = {n: x.astype(jnp.float32) for n, x in bf16.items() if n in ("q", "k", "v")}
+    want, _ = gla(**f32, g=inputs["g"], causal=causal, implementation="reference", **state)
+    assert rel_err(o, want) < BF16_TOL
+
+
+@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_packed_equals_separate_documents(gate: str | None, causal: bool) -> None:
+    """Packing documents with segment_ids == running each document on its own."""
+    T = 70
+    starts = [0, 9, 16, 50, 51]  # includes a chunk-edge start (16) and a one-token document
+    segment_ids = segments_from_starts(T, [starts] * B)
+    inputs = make_inputs(T, gate, seed=9)
+    q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]
+    S0 = inputs["initial_state"] if causal else None
+    o, S = gla(
+        q, k, v, g, initial_state=S0, output_final_state=causal, segment_ids=segment_ids,
+        causal=causal, chunk_size=16,
+    )  # fmt: skip
+    bounds = [*starts, T]
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        o_doc, S_doc = gla(
+            q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], None if g is None else g[:, lo:hi],
+            initial_state=S0 if i == 0 else None, output_final_state=causal, causal=causal,
+            implementation="reference",
+        )  # fmt: skip
+        assert rel_err(o[:, lo:hi], o_doc) < FP32_TOL, (lo, hi)
+    if causal:
+        assert rel_err(S, S_doc) < FP32_TOL
+
+
+def test_defaults_and_output_types() -> None:
+    inputs = make_inputs(5, "scalar")
+    o, S = gla(inputs["q"], inputs["k"], inputs["v"], inputs["g"])
+    assert o.shape == (B, 5, H, V) and o.dtype == jnp.float32 and S is None
+    o, S = gla(inputs["q"], inputs["k"], inputs["v"], output_final_state=True)
+    assert S.shape == (B, H, K, V) and S.dtype == jnp.float32
+    # No decay, no segments: the final state is just sum_t k_t^T v_t.
+    want = jnp.einsum("bthk,bthv->bhkv", inputs["k"], inputs["v"], precision="highest")
+    assert rel_err(S, want) < FP32_TOL
+
+
+def _bad_inputs() -> list[tuple[str, dict]]:
+    q = jnp.ones((B, 8, H, K))
+    v = jnp.ones((B, 8, H, V))
+    ok = dict(q=q, k=q, v=v)
+    return [
+        ("rank", dict(ok, q=jnp.ones((B, 8, H * K)))),
+        ("heads", dict(ok, k=jnp.ones((B, 8, H + 1, K)))),
+        ("key dim", dict(ok, k=jnp.ones((B, 8, H, K + 1)))),
+        ("v time", dict(ok, v=jnp.ones((B, 9, H, V)))),
+        ("g shape", dict(ok, g=jnp.ones((B, 8, H, V)))),
+        ("g rank", dict(ok, g=jnp.ones((B, 8)))),
+        ("state shape", dict(ok, initial_state=jnp.ones((B, H, V, K)))),
+        ("segment shape", dict(ok, segment_ids=jnp.zeros((B, 7), jnp.int32))),
+        ("segment dtype", dict(ok, segment_ids=jnp.zeros((B, 8), jnp.float32))),
+        ("chunk not pow2", dict(ok, chunk_size=48)),
+        ("chunk zero", dict(ok, chunk_size=0)),
+        ("implementation", dict(ok, implementation="pallas")),
+        ("bidirectional state", dict(ok, causal=False, output_final_state=True)),
+        ("bidirectional init", dict(ok, causal=False, initial_state=jnp.ones((B, H, K, V)))),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
+def test_validation_errors(case: tuple[str, dict]) -> None:
+    with pytest.raises(ValueError):
+        gla(**case[1])
+
+
+def test_unknown_implementation_names_choices() -> None:
+    q = jnp.ones((1, 2, 1, 4))
+    with pytest.raises(ValueError, match="xla"):
+        gla(q, q, q, implementation="cuda")
