@@ -13,7 +13,9 @@ def parse_variant(arg: str | None, allowed: dict[str, object]) -> dict[str, obje
     for item in filter(None, (arg or "").split(",")):
         key, sep, raw = item.partition("=")
         if not sep or key not in allowed:
-            raise ValueError(f"config variant {item!r}: expected key=value with key in {sorted(allowed)}")
+            raise ValueError(
+                f"config variant {item!r}: expected key=value with key in {sorted(allowed)}"
+            )
         default = allowed[key]
         values[key] = type(default)(raw) if default is not None else raw
     return values

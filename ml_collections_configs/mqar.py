@@ -1,7 +1,11 @@
 """MQAR (Zoology multi-query associative recall): the embedded default task.
 
-Default: V=8192, T=64, 4 KV pairs, 2 layers, d=64, softmax attention (reaches >= 0.9 test accuracy on
-a 2-core CPU in a few minutes). Variants choose the mixer by registry name:
+Default: V=8192, T=64, 4 KV pairs, 2 layers, d=64, no MLP (Zoology's setup), softmax attention with
+a short causal conv on q, k, v and tied embeddings, lr 3e-3, batch 64, 1000 steps. Expected: test
+accuracy >= 0.97 by step 400 and ~0.99 at the end, in about two minutes on a 2-core CPU. The short
+conv (on for every mixer that has one, as in Zoology's BaseConv hybrids) gives each token its
+predecessor, so key-value binding needs no learned previous-token head; without it attention
+stalls near 1/N accuracy for hundreds of steps. Variants choose the mixer by registry name:
 
     python -m linmix.main --config=ml_collections_configs/mqar.py --workdir=runs/mqar
     python -m linmix.main --config=ml_collections_configs/mqar.py:mixer=gla --workdir=runs/gla
@@ -48,14 +52,22 @@ def get_config(arg: str | None = None) -> ConfigDict:
             num_heads=2,  # heads (mixers may override in mixer_options)
             mixer=variant["mixer"],  # registry name of the "L" mixer
             layer_pattern="L",  # e.g. "LA": alternate the mixer and softmax attention
-            mixer_options=mixer_options(variant["mixer"]),  # the mixer's paper defaults
+            mixer_options=mqar_mixer_options(variant["mixer"]),  # paper defaults + short conv
             mlp_ratio=0.0,  # GLU MLP width ratio; 0 removes it (Zoology MQAR has no MLP)
             norm_eps=1e-6,
-            tie_embeddings=False,
+            tie_embeddings=True,  # the answer is a copied token: tied embeddings learn it fast
             dtype="float32",  # compute dtype (params stay fp32)
             remat="none",  # "none" | "full" | "dots"
             chunk_size=64,  # chunk length of chunked ops
         )
     )
     config.train = train_config()
+    config.train.lr = 3e-3
     return config
+
+
+def mqar_mixer_options(name: str) -> ConfigDict:
+    options = mixer_options(name)
+    if "use_short_conv" in options:
+        options.use_short_conv = True
+    return options

@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from linmix.ops.gla import gla
 
 B, H, K, V = 2, 2, 8, 12
 FP32_TOL = 1e-4
-# bf16 inputs: the chunked form rounds its matmul operands (decayed q/k, the carried state, the
-# intra-chunk scores) to bf16, so it is compared to the fp32 oracle with a looser bound.
+# bf16 inputs vs the fp32 oracle on the unrounded inputs: bf16 keeps ~3 significant digits, so
+# input and output rounding alone give ~1e-2 relative error; the engine itself computes in fp32.
 BF16_TOL = 2e-2
 
 
@@ -129,8 +128,8 @@ def test_matches_reference(T: int, gate: str | None) -> None:
 
 
 @pytest.mark.parametrize("gate", [None, "scalar", "vector"])
-@pytest.mark.parametrize("T", [63, 130])
-def test_matches_reference_chunk64_no_state(T: int, gate: str | None) -> None:
+def test_matches_reference_chunk64_no_state(gate: str | None) -> None:
+    T = 130  # two full chunks plus a padded one
     inputs = {**make_inputs(T, gate, seed=1), "initial_state": None}
     compare(inputs, chunk_size=64, final=False)
 
@@ -154,8 +153,7 @@ def test_random_segments_match_reference(gate: str | None) -> None:
 
 
 @pytest.mark.parametrize("gate", [None, "scalar", "vector"])
-@pytest.mark.parametrize("T", [7, 65])
-@pytest.mark.parametrize("segmented", [False, True])
+@pytest.mark.parametrize(("T", "segmented"), [(7, False), (65, False), (65, True)])
 def test_bidirectional_matches_reference(T: int, gate: str | None, segmented: bool) -> None:
     segment_ids = segments_from_starts(T, [[3, 16], [32]]) if segmented else None
     compare(make_inputs(T, gate, seed=4), segment_ids=segment_ids, causal=False, chunk_size=16)
@@ -179,14 +177,16 @@ def test_extreme_decay_is_finite(gate: str) -> None:
     q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]
 
     def loss(q, k, v, g):
-        o, S = gla(q, k, v, g, initial_state=inputs["initial_state"], output_final_state=True)
-        return jnp.sum(o**2) + jnp.sum(S**2)
+        o, S = gla(
+            q, k, v, g, initial_state=inputs["initial_state"], output_final_state=True,
+            chunk_size=16,
+        )  # fmt: skip
+        return jnp.sum(o**2) + jnp.sum(S**2), o
 
-    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, g)
+    grads, o = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, g)
     for x in grads:
         assert np.isfinite(np.asarray(x)).all()
     # With all decays ~0 the output is just the diagonal term scale * (q_t . k_t) v_t.
-    o, _ = gla(q, k, v, g, chunk_size=16)
     diag = K**-0.5 * jnp.sum(q * k, axis=-1, keepdims=True) * v
     assert rel_err(o, diag) < FP32_TOL
 
@@ -196,17 +196,16 @@ def test_extreme_decay_is_finite(gate: str) -> None:
 def test_bf16_close_to_fp32_reference(gate: str, causal: bool) -> None:
     T = 65
     inputs = make_inputs(T, gate, seed=8)
-    bf16 = {n: x if n in ("g", "initial_state") else x.astype(jnp.bfloat16) for n, x in inputs.items()}
+    q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]
     state = dict(initial_state=inputs["initial_state"]) if causal else {}
-    o, _ = gla(bf16["q"], bf16["k"], bf16["v"], inputs["g"], causal=causal, chunk_size=16, **state)
+    bf16 = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    o, _ = gla(*bf16, g, causal=causal, chunk_size=16, **state)
     assert o.dtype == jnp.bfloat16
-    # The oracle sees the same (bf16-rounded) inputs, in fp32.
-    f32 = {n: x.astype(jnp.float32) for n, x in bf16.items() if n in ("q", "k", "v")}
-    want, _ = gla(**f32, g=inputs["g"], causal=causal, implementation="reference", **state)
+    want, _ = gla(q, k, v, g, causal=causal, implementation="reference", **state)
     assert rel_err(o, want) < BF16_TOL
 
 
-@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_packed_equals_separate_documents(gate: str | None, causal: bool) -> None:
     """Packing documents with segment_ids == running each document on its own."""
@@ -222,14 +221,21 @@ def test_packed_equals_separate_documents(gate: str | None, causal: bool) -> Non
     )  # fmt: skip
     bounds = [*starts, T]
     for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        o_doc, S_doc = gla(
-            q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], None if g is None else g[:, lo:hi],
-            initial_state=S0 if i == 0 else None, output_final_state=causal, causal=causal,
-            implementation="reference",
+        o_doc, S_doc = _reference_jit(
+            q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], g[:, lo:hi], S0 if i == 0 else None,
+            causal=causal,
         )  # fmt: skip
         assert rel_err(o[:, lo:hi], o_doc) < FP32_TOL, (lo, hi)
     if causal:
         assert rel_err(S, S_doc) < FP32_TOL
+
+
+@functools.partial(jax.jit, static_argnames=("causal",))
+def _reference_jit(q, k, v, g, initial_state, *, causal):
+    return gla(
+        q, k, v, g, initial_state=initial_state, output_final_state=causal, causal=causal,
+        implementation="reference",
+    )  # fmt: skip
 
 
 def test_defaults_and_output_types() -> None:

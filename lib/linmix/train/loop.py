@@ -74,7 +74,9 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     )
     init_fn = functools.partial(init_state, model_cfg, tx, config.seed)
     data_iter, test_src = build_data(config)
-    ckpt = Checkpointer(workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints)
+    ckpt = Checkpointer(
+        workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints
+    )
 
     start = ckpt.latest_step()
     if start is None:
@@ -88,9 +90,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
 
     # Every MQAR example supervises exactly num_kv_pairs positions: a static bound for the gather.
     per_batch = tc.batch_size * config.data.num_kv_pairs
-    step_fn = jax.jit(
-        functools.partial(train_step, tx=tx, max_targets=per_batch), donate_argnums=0
-    )
+    step_fn = jax.jit(functools.partial(train_step, tx=tx, max_targets=per_batch), donate_argnums=0)
     eval_fn = jax.jit(functools.partial(eval_step, max_targets=per_batch))
     writer = MetricWriter(workdir, start_step=start)
     tokens_per_step = tc.batch_size * config.data.seq_len

@@ -51,7 +51,7 @@ def train_step(
     (loss, aux), grads = grad_fn(state.model, batch, max_targets)
     updates, opt_state = tx.update(grads, state.opt_state, state.model)
     model = optax.apply_updates(state.model, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads), **aux}
     return TrainState(step=state.step + 1, model=model, opt_state=opt_state), metrics
 
 

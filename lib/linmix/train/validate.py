@@ -45,11 +45,17 @@ def validate(config: ConfigDict) -> ModelConfig:
     _need(d.num_train >= 1 and d.num_test >= 1, "data.num_train and data.num_test must be >= 1")
     _need(tc.steps >= 1, f"train.steps must be >= 1, got {tc.steps}")
     _need(tc.lr > 0, f"train.lr must be > 0, got {tc.lr}")
-    _need(0 <= tc.warmup_steps, f"train.warmup_steps must be >= 0, got {tc.warmup_steps}")
+    _need(tc.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {tc.warmup_steps}")
     _need(0 <= tc.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {tc.min_lr_ratio}")
     _need(tc.weight_decay >= 0, f"train.weight_decay must be >= 0, got {tc.weight_decay}")
     _need(0 <= tc.b1 < 1 and 0 <= tc.b2 < 1, "train.b1 and train.b2 must lie in [0, 1)")
-    for name in ("log_every", "eval_every", "eval_examples", "checkpoint_every", "keep_checkpoints"):
+    for name in (
+        "log_every",
+        "eval_every",
+        "eval_examples",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
         _need(tc[name] >= 1, f"train.{name} must be >= 1, got {tc[name]}")
     _need(tc.batch_size >= 1, f"train.batch_size must be >= 1, got {tc.batch_size}")
     _need(

@@ -9,6 +9,7 @@ from flax import nnx
 
 from linmix.models.layers import dense, positions, rotary
 from linmix.models.mixers.base import Mixer, Options
+from linmix.models.mixers.common import QKV
 from linmix.ops.attention import attention
 
 
@@ -16,6 +17,8 @@ from linmix.ops.attention import attention
 class AttentionOptions(Options):
     num_kv_heads: int | None = None  # None: as many as query heads
     rope: bool = True
+    use_short_conv: bool = False  # causal depthwise conv on q, k, v (as in Zoology's hybrids)
+    conv_size: int = 4
 
 
 class Attention(Mixer, nnx.Module):
@@ -35,18 +38,24 @@ class Attention(Mixer, nnx.Module):
         dtype = self.compute_dtype(cfg)
         self.num_heads = h = o.num_heads or cfg.num_heads
         self.num_kv_heads = hkv = o.num_kv_heads or h
-        head_dim = cfg.d_model // h
-        self.q = dense(cfg.d_model, h * head_dim, rngs=rngs, dtype=dtype)
-        self.k = dense(cfg.d_model, hkv * head_dim, rngs=rngs, dtype=dtype)
-        self.v = dense(cfg.d_model, hkv * head_dim, rngs=rngs, dtype=dtype)
-        self.o = dense(h * head_dim, cfg.d_model, rngs=rngs, dtype=dtype)
+        width = cfg.d_model // h * h
+        self.qkv = QKV(
+            cfg.d_model,
+            width,
+            width,
+            h,
+            num_kv_heads=hkv,
+            short_conv=o.use_short_conv,
+            conv_size=o.conv_size,
+            rngs=rngs,
+            dtype=dtype,
+        )
+        self.o = dense(width, cfg.d_model, rngs=rngs, dtype=dtype)
         self.rope = o.rope
 
     def __call__(self, x_BTD: jax.Array, *, segment_ids=None):
         b, t, _ = x_BTD.shape
-        q_BTHK = self.q(x_BTD).reshape(b, t, self.num_heads, -1)
-        k_BTGK = self.k(x_BTD).reshape(b, t, self.num_kv_heads, -1)
-        v_BTGK = self.v(x_BTD).reshape(b, t, self.num_kv_heads, -1)
+        q_BTHK, k_BTGK, v_BTGK = self.qkv(x_BTD, segment_ids)
         if self.rope:
             pos_BT = positions(segment_ids, b, t)
             q_BTHK, k_BTGK = rotary(q_BTHK, pos_BT), rotary(k_BTGK, pos_BT)

@@ -9,7 +9,11 @@ from linmix.models.layers import ShortConv, dense, rms_norm
 
 
 class QKV(nnx.Module):
-    """x -> per-head q [B,T,H,K], k [B,T,H,K], v [B,T,H,V], with an optional causal short conv."""
+    """x -> per-head q [B,T,H,K], k [B,T,G,K], v [B,T,G,V], with an optional causal short conv.
+
+    `key_dim`, `value_dim` are totals over heads; k and v have `num_kv_heads` heads (G, default H),
+    so their widths are key_dim * G / H and value_dim * G / H (grouped-query attention).
+    """
 
     def __init__(
         self,
@@ -22,12 +26,13 @@ class QKV(nnx.Module):
         conv_size: int,
         rngs: nnx.Rngs,
         dtype,
+        num_kv_heads: int | None = None,
     ):
         self.num_heads = num_heads
-        self.q = dense(d_model, key_dim, rngs=rngs, dtype=dtype)
-        self.k = dense(d_model, key_dim, rngs=rngs, dtype=dtype)
-        self.v = dense(d_model, value_dim, rngs=rngs, dtype=dtype)
-        convs = [ShortConv(n, conv_size, rngs=rngs, dtype=dtype) for n in (key_dim, key_dim, value_dim)]
+        self.num_kv_heads = g = num_kv_heads or num_heads
+        dims = (key_dim, key_dim * g // num_heads, value_dim * g // num_heads)
+        self.q, self.k, self.v = (dense(d_model, n, rngs=rngs, dtype=dtype) for n in dims)
+        convs = [ShortConv(n, conv_size, rngs=rngs, dtype=dtype) for n in dims]
         self.convs = nnx.List(convs) if short_conv else None
 
     def __call__(self, x_BTD: jax.Array, segment_ids_BT: jax.Array | None):
@@ -36,7 +41,8 @@ class QKV(nnx.Module):
             # The conv is a local token mixer; SiLU after it as in the papers that use one.
             qkv = [jax.nn.silu(c(y, segment_ids_BT)) for c, y in zip(self.convs, qkv, strict=True)]
         b, t, _ = x_BTD.shape
-        return [y.reshape(b, t, self.num_heads, -1) for y in qkv]
+        heads = (self.num_heads, self.num_kv_heads, self.num_kv_heads)
+        return [y.reshape(b, t, h, -1) for y, h in zip(qkv, heads, strict=True)]
 
 
 class GatedOutput(nnx.Module):

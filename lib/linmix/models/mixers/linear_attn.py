@@ -44,8 +44,9 @@ class LinearAttn(Mixer, nnx.Module):
     def check(cls, cfg, opts) -> None:
         super().check(cfg, opts)
         if opts.feature_map not in FEATURE_MAPS:
+            known = sorted(FEATURE_MAPS)
             raise ValueError(
-                f"mixer 'linear_attn': feature_map {opts.feature_map!r} not in {sorted(FEATURE_MAPS)}"
+                f"mixer 'linear_attn': feature_map {opts.feature_map!r} not in {known}"
             )
         if opts.normalization not in NORMALIZATIONS:
             raise ValueError(
@@ -83,7 +84,12 @@ class LinearAttn(Mixer, nnx.Module):
             ones_BTH1 = jnp.ones(v_BTHV.shape[:-1] + (1,), v_BTHV.dtype)
             v_BTHV = jnp.concatenate([v_BTHV, ones_BTH1], axis=-1)
         o_BTHV, _ = gla(
-            q_BTHK, k_BTHK, v_BTHV, None, scale=1.0, segment_ids=segment_ids,
+            q_BTHK,
+            k_BTHK,
+            v_BTHV,
+            None,
+            scale=1.0,
+            segment_ids=segment_ids,
             chunk_size=self.chunk_size,
         )
         if self.denominator:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from linmix.ops.gla import reference, xla
 
@@ -120,8 +121,8 @@ def _validate(
         if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
             raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
     if (
-        not isinstance(chunk_size, int)
-        or isinstance(chunk_size, bool)
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int | np.integer)
         or chunk_size <= 0
         or chunk_size & (chunk_size - 1)
     ):

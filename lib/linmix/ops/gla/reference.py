@@ -90,7 +90,13 @@ def gla_bidirectional_reference(
     diff_BHTSK = G_BHTK[:, :, :, None, :] - G_BHTK[:, :, None, :, :]
     t_T1 = jnp.arange(T)[:, None]
     s_1T = jnp.arange(T)[None, :]
-    log_w_BHTSK = jnp.where((s_1T <= t_T1)[None, None, :, :, None], diff_BHTSK, -diff_BHTSK)
+    # The diagonal's exponent is a constant 0, not G_t - G_t: that difference would send two
+    # large, exactly cancelling gradients into G_t whose rounding swamps small gate gradients.
+    log_w_BHTSK = jnp.where(
+        (s_1T < t_T1)[None, None, :, :, None],
+        diff_BHTSK,
+        jnp.where((s_1T > t_T1)[None, None, :, :, None], -diff_BHTSK, 0.0),
+    )
     if segment_ids is None:
         same_BTS = jnp.ones((B, T, T), bool)
     else:

@@ -8,6 +8,10 @@ Chunk n covers C consecutive positions. With b_r the within-chunk inclusive cumu
     O          = scale * (O_inter + O_intra)
     S_[n+1]    = exp(b_C) * S_[n] + (k * exp(b_C - b))^T v
 
+All math is fp32 whatever the input dtype (bf16 inputs are upcast): mixed bf16 x bf16 -> fp32
+dots are rejected by some XLA backends (the CPU runtime among them), and the decayed operands
+need fp32 range anyway. The output is cast back to q.dtype by the caller.
+
 Every per-chunk piece is computed for all chunks at once; only the small recurrence
 S_[n+1] = a_n S_[n] + dS_n runs as a `lax.scan` over chunks, so just N = T / C states are ever
 materialised (never one per token). Every exponent is <= 0 for g <= 0, so even extreme decays
@@ -45,9 +49,6 @@ def gla_chunked(
     N = -(-T // C)
     pad = N * C - T
 
-    # Plain matmuls run in the inputs' dtype with fp32 accumulation; decay math is always fp32.
-    mm_dtype = jnp.result_type(q_BTHK, k_BTHK, v_BTHV)
-
     # Log-decay as [B, T, H, X] with X = 1 (none / scalar per head) or K (per key channel), so
     # the inter-chunk code broadcasts the same way for every gate kind.
     if g is None:
@@ -67,9 +68,9 @@ def gla_chunked(
     def to_chunks(x: jax.Array) -> jax.Array:
         return x.reshape(B, N, C, *x.shape[2:])
 
-    q_BNCHK = to_chunks(pad_time(q_BTHK.astype(mm_dtype)))
-    k_BNCHK = to_chunks(pad_time(k_BTHK.astype(mm_dtype)))
-    v_BNCHV = to_chunks(pad_time(v_BTHV.astype(mm_dtype)))
+    q_BNCHK = to_chunks(pad_time(q_BTHK.astype(_F32)))
+    k_BNCHK = to_chunks(pad_time(k_BTHK.astype(_F32)))
+    v_BNCHV = to_chunks(pad_time(v_BTHV.astype(_F32)))
     g_BNCHX = to_chunks(pad_time(g_BTHX))
     seg_BNC = to_chunks(pad_time(seg_BT, mode="edge"))
 
@@ -82,27 +83,24 @@ def gla_chunked(
     reads_state_BNC = seg_BNC == seg_prev_BN[:, :, None]
     keeps_state_BN = reads_state_BNC[:, :, -1]
     in_last_seg_BNC = seg_BNC == seg_BNC[:, :, -1:]
-    causal_CC = jnp.tril(jnp.ones((C, C), bool))
-    mask_BNRS = causal_CC[None, None] & (seg_BNC[:, :, :, None] == seg_BNC[:, :, None, :])
-
-    o_intra_BNCHV = _intra_chunk(q_BNCHK, k_BNCHK, v_BNCHV, b_BNCHX, mask_BNRS, mm_dtype)
+    same_seg_BNRS = seg_BNC[:, :, :, None] == seg_BNC[:, :, None, :]
+    o_intra_BNCHV = _intra_chunk(q_BNCHK, k_BNCHK, v_BNCHV, b_BNCHX, same_seg_BNRS)
 
     # Per-chunk state increment: keys weighted by their decay to the chunk end, and only those in
-    # the chunk's last segment (earlier segments are finished by the end of the chunk).
-    k_decay_BNCHK = k_BNCHK.astype(_F32) * jnp.exp(b_last_BNHX[:, :, None] - b_BNCHX)
-    k_decay_BNCHK = jnp.where(in_last_seg_BNC[:, :, :, None, None], k_decay_BNCHK, 0.0)
-    dS_BNHKV = jnp.einsum(
-        "bnchk,bnchv->bnhkv",
-        k_decay_BNCHK.astype(mm_dtype),
-        v_BNCHV,
-        preferred_element_type=_F32,
+    # the chunk's last segment (earlier segments are finished by the end of the chunk). The decay
+    # to the end, sum_{j > s} g_j, is summed directly rather than taken as b_C - b_s: the
+    # difference sends large cancelling gradients into b_C for keys near the chunk end (the last
+    # key's exp(0) most of all), and their rounding swamps tiny gate gradients at strong decay.
+    suffix_BNCHX = jnp.flip(jnp.cumsum(jnp.flip(g_BNCHX, axis=2), axis=2), axis=2)
+    to_end_BNCHX = jnp.concatenate(
+        [suffix_BNCHX[:, :, 1:], jnp.zeros_like(suffix_BNCHX[:, :, :1])], axis=2
     )
+    k_decay_BNCHK = k_BNCHK * jnp.exp(to_end_BNCHX)
+    k_decay_BNCHK = jnp.where(in_last_seg_BNC[:, :, :, None, None], k_decay_BNCHK, 0.0)
+    dS_BNHKV = jnp.einsum("bnchk,bnchv->bnhkv", k_decay_BNCHK, v_BNCHV)
     a_BNHX = jnp.where(keeps_state_BN[:, :, None, None], jnp.exp(b_last_BNHX), 0.0)
 
-    if initial_state is None:
-        S0_BHKV = jnp.zeros((B, H, K, V), _F32)
-    else:
-        S0_BHKV = initial_state.astype(_F32)
+    S0_BHKV = jnp.zeros((B, H, K, V), _F32) if initial_state is None else initial_state.astype(_F32)
 
     def step(S_BHKV: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         a_BHX, dS_BHKV = xs
@@ -114,14 +112,9 @@ def gla_chunked(
     S_BNHKV = jnp.moveaxis(S_NBHKV, 0, 1)  # state entering each chunk
 
     # Queries decayed from the chunk start; those in a new segment must not see the carried state.
-    q_decay_BNCHK = q_BNCHK.astype(_F32) * jnp.exp(b_BNCHX)
+    q_decay_BNCHK = q_BNCHK * jnp.exp(b_BNCHX)
     q_decay_BNCHK = jnp.where(reads_state_BNC[:, :, :, None, None], q_decay_BNCHK, 0.0)
-    o_inter_BNCHV = jnp.einsum(
-        "bnchk,bnhkv->bnchv",
-        q_decay_BNCHK.astype(mm_dtype),
-        S_BNHKV.astype(mm_dtype),
-        preferred_element_type=_F32,
-    )
+    o_inter_BNCHV = jnp.einsum("bnchk,bnhkv->bnchv", q_decay_BNCHK, S_BNHKV)
 
     o_BTHV = (scale * (o_inter_BNCHV + o_intra_BNCHV)).reshape(B, N * C, H, V)[:, :T]
     return o_BTHV, S_final_BHKV
@@ -132,40 +125,39 @@ def _intra_chunk(
     k_BNCHK: jax.Array,
     v_BNCHV: jax.Array,
     b_BNCHX: jax.Array,
-    mask_BNRS: jax.Array,
-    mm_dtype: jnp.dtype,
+    same_seg_BNRS: jax.Array,
 ) -> jax.Array:
     """sum_{s <= r, same segment} (sum_i q_ri k_si exp(b_ri - b_si)) v_s, as [B, N, C, H, V]."""
+    C = q_BNCHK.shape[2]
+    strict_CC = jnp.tril(jnp.ones((C, C), bool), k=-1)
+    eye_CC = jnp.eye(C, dtype=_F32)
+    # Pairs s < r in the same segment get exp(b_r - b_s); the diagonal gets a constant 1 rather
+    # than exp(b_r - b_r): the latter sends two large, exactly cancelling gradients into b_r,
+    # whose fp32 rounding swamps the tiny true gate gradient when decays are strong.
+    strict_BNRS = strict_CC[None, None] & same_seg_BNRS
     b_BNHCX = jnp.moveaxis(b_BNCHX, 2, 3)
     if b_BNCHX.shape[-1] == 1:
         # Scalar decay factors out of the key sum: P = (Q K^T) * exp(b_r - b_s).
         b_BNHC = b_BNHCX[..., 0]
         diff_BNHRS = b_BNHC[..., :, None] - b_BNHC[..., None, :]
-        mask_BNHRS = jnp.broadcast_to(mask_BNRS[:, :, None], diff_BNHRS.shape)
-        decay_BNHRS = _masked_exp(diff_BNHRS, mask_BNHRS)
-        qk_BNHRS = jnp.einsum(
-            "bnrhk,bnshk->bnhrs", q_BNCHK, k_BNCHK, preferred_element_type=_F32
-        )
+        decay_BNHRS = _masked_exp(diff_BNHRS, strict_BNRS[:, :, None]) + eye_CC[None, None, None]
+        qk_BNHRS = jnp.einsum("bnrhk,bnshk->bnhrs", q_BNCHK, k_BNCHK)
         P_BNHRS = qk_BNHRS * decay_BNHRS
     else:
         # Per-channel decay does not factor out: build the (C, C, K) exponent tensor per chunk.
         diff_BNHRSK = b_BNHCX[:, :, :, :, None, :] - b_BNHCX[:, :, :, None, :, :]
-        mask_BNHRSK = jnp.broadcast_to(mask_BNRS[:, :, None, :, :, None], diff_BNHRSK.shape)
-        decay_BNHRSK = _masked_exp(diff_BNHRSK, mask_BNHRSK)
-        P_BNHRS = jnp.einsum(
-            "bnrhk,bnshk,bnhrsk->bnhrs",
-            q_BNCHK.astype(_F32),
-            k_BNCHK.astype(_F32),
-            decay_BNHRSK,
+        decay_BNHRSK = (
+            _masked_exp(diff_BNHRSK, strict_BNRS[:, :, None, :, :, None])
+            + eye_CC[None, None, None, :, :, None]
         )
-    return jnp.einsum(
-        "bnhrs,bnshv->bnrhv", P_BNHRS.astype(mm_dtype), v_BNCHV, preferred_element_type=_F32
-    )
+        P_BNHRS = jnp.einsum("bnrhk,bnshk,bnhrsk->bnhrs", q_BNCHK, k_BNCHK, decay_BNHRSK)
+    return jnp.einsum("bnhrs,bnshv->bnrhv", P_BNHRS, v_BNCHV)
 
 
 def _masked_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """exp(x) where mask else 0. The argument is masked too: exp of an unmasked positive
-    (anti-causal) difference could overflow, and inf * 0 in the backward pass would give NaN."""
+    """exp(x) where mask else 0 (mask broadcasts against x). The argument is masked too: exp of
+    an anti-causal (positive) difference could overflow, and inf * 0 in the backward is NaN."""
+    mask = jnp.broadcast_to(mask, x.shape)
     return jnp.where(mask, jnp.exp(jnp.where(mask, x, 0.0)), 0.0)
 
 
@@ -196,7 +188,11 @@ def gla_bidirectional_chunked(
         g_shift = jnp.concatenate([g[:, 1:], jnp.zeros_like(g[:, :1])], axis=1)
     # Flipped segment ids are non-increasing; the chunked form only compares ids for equality.
     o_rev_BTHV, _ = gla_chunked(
-        flip(q_BTHK), flip(k_BTHK), flip(v_BTHV), flip(g_shift), segment_ids=flip(segment_ids),
+        flip(q_BTHK),
+        flip(k_BTHK),
+        flip(v_BTHV),
+        flip(g_shift),
+        segment_ids=flip(segment_ids),
         **kwargs,
     )
     # Both passes count the s = t term (weight 1): remove one copy.
