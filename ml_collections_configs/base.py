@@ -1,4 +1,4 @@
-"""Shared pieces of every config: variant parsing, train defaults, mixer options from the registry."""
+"""Config helpers: variant parsing, train defaults, mixer options from the registry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Entry point: `python -m linmix.main --config=ml_collections_configs/mqar.py[:variant] --workdir=DIR`.
+"""CLI: `python -m linmix.main --config=ml_collections_configs/mqar.py[:variant] --workdir=DIR`.
 
 Config overrides: `--config.train.steps=200`, `--config.model.mixer_options.use_short_conv=True`.
 The config is locked: an unknown key, a bad value or an unknown mixer exits with a one-line error

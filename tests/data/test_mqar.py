@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+
 from linmix.data import IGNORE_INDEX, MQARSource, make_mqar_sources
 
 V, T, N = 256, 128, 8

@@ -4,6 +4,7 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
 from linmix.data import MQARSource, eval_batches, train_iterator
 
 T = 64

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from linmix.ops.attention import attention
 
 B, T, D = 2, 24, 8

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from linmix.ops.gla import gla
 
 B, H, K, V = 2, 2, 8, 12
@@ -31,9 +32,8 @@ def _noise(seed: int) -> np.ndarray:
     return np.asarray(jax.random.normal(jax.random.key(seed), (5, 1 << 13)))
 
 
-def normal(seed: int, slot: int, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    n = int(np.prod(shape))
-    return jnp.asarray(_noise(seed)[slot, :n].reshape(shape), dtype)
+def normal(seed: int, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+    return _noise(seed)[slot, : int(np.prod(shape))].reshape(shape)
 
 
 def make_inputs(
@@ -42,20 +42,19 @@ def make_inputs(
     *,
     strength: float = 1.0,
     seed: int = 0,
-    dtype: jnp.dtype = jnp.float32,
 ) -> dict[str, jax.Array | None]:
     """Random q/k/v, a log-decay gate of the given kind in about [-1.4, -0.6] * strength (never
     zero, so every token decays), and a random initial state."""
     g = None
     if gate is not None:
         shape = (B, T, H) if gate == "scalar" else (B, T, H, K)
-        g = -strength * (1.0 + 0.4 * jnp.tanh(normal(seed, 3, shape)))
+        g = jnp.asarray(-strength * (1.0 + 0.4 * np.tanh(normal(seed, 3, shape))), jnp.float32)
     return dict(
-        q=normal(seed, 0, (B, T, H, K), dtype),
-        k=normal(seed, 1, (B, T, H, K), dtype),
-        v=normal(seed, 2, (B, T, H, V), dtype),
+        q=jnp.asarray(normal(seed, 0, (B, T, H, K)), jnp.float32),
+        k=jnp.asarray(normal(seed, 1, (B, T, H, K)), jnp.float32),
+        v=jnp.asarray(normal(seed, 2, (B, T, H, V)), jnp.float32),
         g=g,
-        initial_state=normal(seed, 4, (B, H, K, V)),
+        initial_state=jnp.asarray(normal(seed, 4, (B, H, K, V)), jnp.float32),
     )
 
 
@@ -108,7 +107,9 @@ def compare(
         inputs = {**inputs, "initial_state": None}
         final = False
     T = inputs["q"].shape[1]
-    cotangents = (normal(99, 0, (B, T, H, V), inputs["q"].dtype), normal(99, 1, (B, H, K, V)))
+    cotangents = tuple(
+        jnp.asarray(normal(99, i, s)) for i, s in enumerate([(B, T, H, V), (B, H, K, V)])
+    )
     kwargs = dict(segment_ids=segment_ids, cotangents=cotangents, causal=causal, final=final)
     got = run_with_grads(inputs, implementation="xla", chunk_size=chunk_size, **kwargs)
     want = run_with_grads(inputs, implementation="reference", chunk_size=16, **kwargs)

@@ -1,4 +1,4 @@
-"""Training loop: a tiny MQAR run writes metrics and checkpoints, and resumes exactly after a crash."""
+"""Training loop: a tiny MQAR run writes metrics and checkpoints, resumes exactly after a kill."""
 
 import importlib.util
 import json
