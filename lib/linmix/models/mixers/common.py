@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 from flax import nnx
 
 from linmix.models.layers import ShortConv, dense, rms_norm
+from linmix.models.mixers.base import Mixer, Options
 
 
 class QKV(nnx.Module):
@@ -61,3 +64,40 @@ class GatedOutput(nnx.Module):
         if self.gate is not None:
             y_BTF = y_BTF * jax.nn.silu(self.gate(x_BTD))
         return self.out(y_BTF)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearOptions(Options):
+    """Options shared by the engine-L mixers; each mixer overrides the defaults of its paper."""
+
+    expand_k: float = 1.0
+    expand_v: float = 1.0
+    use_short_conv: bool = False
+    conv_size: int = 4
+    use_output_gate: bool = True
+
+
+class LinearMixer(Mixer):
+    """Constructor shared by engine-L mixers: q/k/v (+ short conv) in, normed (gated) output out."""
+
+    def build(self, cfg, rngs: nnx.Rngs) -> LinearOptions:
+        o = self.options_from(cfg)
+        dtype = self.compute_dtype(cfg)
+        self.num_heads = h = o.num_heads or cfg.num_heads
+        self.key_dim = int(cfg.d_model * o.expand_k)
+        value_dim = int(cfg.d_model * o.expand_v)
+        self.qkv = QKV(
+            cfg.d_model,
+            self.key_dim,
+            value_dim,
+            h,
+            short_conv=o.use_short_conv,
+            conv_size=o.conv_size,
+            rngs=rngs,
+            dtype=dtype,
+        )
+        self.output = GatedOutput(
+            cfg.d_model, value_dim, value_dim // h, gate=o.use_output_gate, rngs=rngs, dtype=dtype
+        )
+        self.chunk_size = cfg.chunk_size
+        return o

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from linmix.models.mixers.base import Mixer, Options
-from linmix.models.mixers.common import QKV, GatedOutput
+from linmix.models.mixers.common import LinearMixer, LinearOptions
 from linmix.ops.gla import gla
 
 FEATURE_MAPS = {
@@ -26,17 +25,13 @@ NORMALIZATIONS = ("rmsnorm", "denominator")
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearAttnOptions(Options):
-    expand_k: float = 1.0
-    expand_v: float = 1.0
+class LinearAttnOptions(LinearOptions):
     feature_map: str = "elu1"
     normalization: str = "rmsnorm"
-    use_short_conv: bool = False
-    conv_size: int = 4
     use_output_gate: bool = False
 
 
-class LinearAttn(Mixer, nnx.Module):
+class LinearAttn(LinearMixer, nnx.Module):
     name = "linear_attn"
     Options = LinearAttnOptions
 
@@ -54,26 +49,9 @@ class LinearAttn(Mixer, nnx.Module):
             )
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        o = self.options_from(cfg)
-        dtype = self.compute_dtype(cfg)
-        self.num_heads = h = o.num_heads or cfg.num_heads
-        key_dim, value_dim = int(cfg.d_model * o.expand_k), int(cfg.d_model * o.expand_v)
-        self.qkv = QKV(
-            cfg.d_model,
-            key_dim,
-            value_dim,
-            h,
-            short_conv=o.use_short_conv,
-            conv_size=o.conv_size,
-            rngs=rngs,
-            dtype=dtype,
-        )
+        o = self.build(cfg, rngs)
         self.feature_map = o.feature_map
         self.denominator = o.normalization == "denominator"
-        self.output = GatedOutput(
-            cfg.d_model, value_dim, value_dim // h, gate=o.use_output_gate, rngs=rngs, dtype=dtype
-        )
-        self.chunk_size = cfg.chunk_size
 
     def __call__(self, x_BTD: jax.Array, *, segment_ids=None):
         q_BTHK, k_BTHK, v_BTHV = self.qkv(x_BTD, segment_ids)

@@ -13,18 +13,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from linmix.models.layers import positions, rotary
-from linmix.models.mixers.base import Mixer, Options
-from linmix.models.mixers.common import QKV, GatedOutput
+from linmix.models.mixers.common import LinearMixer, LinearOptions
 from linmix.ops.gla import gla
 
 
 @dataclasses.dataclass(frozen=True)
-class RetNetOptions(Options):
+class RetNetOptions(LinearOptions):
     expand_k: float = 1.0
     expand_v: float = 2.0
-    use_short_conv: bool = False
-    conv_size: int = 4
-    use_output_gate: bool = True
 
 
 def retnet_log_decay(num_heads: int) -> jax.Array:
@@ -32,29 +28,12 @@ def retnet_log_decay(num_heads: int) -> jax.Array:
     return jnp.log1p(-(2.0 ** (-5.0 - jnp.arange(num_heads, dtype=jnp.float32))))
 
 
-class RetNet(Mixer, nnx.Module):
+class RetNet(LinearMixer, nnx.Module):
     name = "retnet"
     Options = RetNetOptions
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        o = self.options_from(cfg)
-        dtype = self.compute_dtype(cfg)
-        self.num_heads = h = o.num_heads or cfg.num_heads
-        key_dim, value_dim = int(cfg.d_model * o.expand_k), int(cfg.d_model * o.expand_v)
-        self.qkv = QKV(
-            cfg.d_model,
-            key_dim,
-            value_dim,
-            h,
-            short_conv=o.use_short_conv,
-            conv_size=o.conv_size,
-            rngs=rngs,
-            dtype=dtype,
-        )
-        self.output = GatedOutput(
-            cfg.d_model, value_dim, value_dim // h, gate=o.use_output_gate, rngs=rngs, dtype=dtype
-        )
-        self.chunk_size = cfg.chunk_size
+        self.build(cfg, rngs)
 
     def __call__(self, x_BTD: jax.Array, *, segment_ids=None):
         q_BTHK, k_BTHK, v_BTHV = self.qkv(x_BTD, segment_ids)
