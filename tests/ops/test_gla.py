@@ -1,4 +1,4 @@
-"""Gated linear attention: chunked XLA form vs the per-token oracle, semantics and validation."""
+"""Gated linear attention: every form vs the per-token oracle, semantics and validation."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def rel_err(a: jax.Array, b: jax.Array) -> float:
 def _noise(seed: int) -> np.ndarray:
     """Standard normals from a fixed jax.random key, cut into test tensors on the host: sampling
     every shape in JAX would compile a new sampler per shape and dominate the suite's runtime."""
-    return np.asarray(jax.random.normal(jax.random.key(seed), (5, 1 << 13)))
+    return np.asarray(jax.random.normal(jax.random.key(seed), (5, 1 << 14)))
 
 
 def normal(seed: int, slot: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -101,8 +101,9 @@ def compare(
     chunk_size: int = 16,
     final: bool = True,
     tol: float = FP32_TOL,
+    implementation: str = "xla",
 ) -> None:
-    """Assert xla == reference for outputs and all gradients, and that everything is finite."""
+    """Assert form == reference for outputs and all gradients, and that everything is finite."""
     if not causal:
         inputs = {**inputs, "initial_state": None}
         final = False
@@ -111,7 +112,7 @@ def compare(
         jnp.asarray(normal(99, i, s)) for i, s in enumerate([(B, T, H, V), (B, H, K, V)])
     )
     kwargs = dict(segment_ids=segment_ids, cotangents=cotangents, causal=causal, final=final)
-    got = run_with_grads(inputs, implementation="xla", chunk_size=chunk_size, **kwargs)
+    got = run_with_grads(inputs, implementation=implementation, chunk_size=chunk_size, **kwargs)
     want = run_with_grads(inputs, implementation="reference", chunk_size=16, **kwargs)
     for name, a, b in zip(("o", "final_state")[: len(want[0])], got[0], want[0], strict=True):
         assert np.isfinite(np.asarray(a, np.float32)).all(), name
@@ -122,56 +123,92 @@ def compare(
         assert rel_err(a, b) < tol, (f"grad {name}", rel_err(a, b))
 
 
-@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
-@pytest.mark.parametrize("T", [1, 7, 63, 64, 65, 130])
-def test_matches_reference(T: int, gate: str | None) -> None:
-    compare(make_inputs(T, gate), chunk_size=16)
+FORMS = ["xla", "associative_scan"]
+GATES = [None, "scalar", "vector"]
 
 
-@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
-def test_matches_reference_chunk64_no_state(gate: str | None) -> None:
-    T = 130  # two full chunks plus a padded one
-    inputs = {**make_inputs(T, gate, seed=1), "initial_state": None}
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 200])
+@pytest.mark.parametrize("implementation", FORMS)
+def test_matches_reference(implementation: str, T: int, gate: str | None) -> None:
+    compare(make_inputs(T, gate), chunk_size=16, implementation=implementation)
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("chunk_size", [32, 64, 128])
+def test_chunk_sizes_match_reference(chunk_size: int, gate: str | None) -> None:
+    """T = 200 is 1 5/8 chunks of 128 and 6 1/4 of 32; segment starts on and off chunk edges."""
+    T = 200
+    segment_ids = segments_from_starts(T, [[1, 32, 50, 128, 199], [100]])
+    compare(make_inputs(T, gate, seed=1), segment_ids=segment_ids, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_no_state_matches_reference(gate: str | None) -> None:
+    inputs = {**make_inputs(130, gate, seed=1), "initial_state": None}
     compare(inputs, chunk_size=64, final=False)
 
 
-@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
-@pytest.mark.parametrize("chunk_size", [16, 64])
-def test_segments_match_reference(gate: str | None, chunk_size: int) -> None:
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize(
+    ("implementation", "chunk_size"), [("xla", 16), ("xla", 64), ("associative_scan", 16)]
+)
+def test_segments_match_reference(implementation: str, chunk_size: int, gate: str | None) -> None:
     T = 130
     # Boundaries at chunk edges (16, 32, 64, 128), one token in (1), a one-token last segment
     # (129), and a row whose whole second half is a single segment.
     segment_ids = segments_from_starts(T, [[1, 16, 20, 32, 64, 128, 129], [5, 65]])
-    compare(make_inputs(T, gate, seed=2), segment_ids=segment_ids, chunk_size=chunk_size)
+    inputs = make_inputs(T, gate, seed=2)
+    compare(inputs, segment_ids=segment_ids, chunk_size=chunk_size, implementation=implementation)
 
 
-@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
-def test_random_segments_match_reference(gate: str | None) -> None:
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("implementation", FORMS)
+def test_random_segments_match_reference(implementation: str, gate: str | None) -> None:
     T = 65
     segment_ids = jnp.sort(jax.random.randint(jax.random.key(7), (B, T), 0, 6), axis=1)
     assert len(np.unique(segment_ids[0])) > 2
-    compare(make_inputs(T, gate, seed=3), segment_ids=segment_ids, chunk_size=16)
+    inputs = make_inputs(T, gate, seed=3)
+    compare(inputs, segment_ids=segment_ids, chunk_size=16, implementation=implementation)
 
 
-@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
+@pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize(("T", "segmented"), [(7, False), (65, False), (65, True)])
-def test_bidirectional_matches_reference(T: int, gate: str | None, segmented: bool) -> None:
+@pytest.mark.parametrize("implementation", FORMS)
+def test_bidirectional_matches_reference(
+    implementation: str, T: int, gate: str | None, segmented: bool
+) -> None:
     segment_ids = segments_from_starts(T, [[3, 16], [32]]) if segmented else None
-    compare(make_inputs(T, gate, seed=4), segment_ids=segment_ids, causal=False, chunk_size=16)
+    inputs = make_inputs(T, gate, seed=4)
+    compare(
+        inputs, segment_ids=segment_ids, causal=False, chunk_size=16, implementation=implementation
+    )
 
 
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 @pytest.mark.parametrize("strength", [0.01, 20.0])
 @pytest.mark.parametrize("causal", [True, False])
-def test_gate_strengths(gate: str, strength: float, causal: bool) -> None:
+@pytest.mark.parametrize(
+    ("implementation", "chunk_size"), [("xla", 16), ("xla", 64), ("associative_scan", 16)]
+)
+def test_gate_strengths(
+    implementation: str, chunk_size: int, gate: str, strength: float, causal: bool
+) -> None:
     T = 65
     segment_ids = segments_from_starts(T, [[16, 40], [33]])
     inputs = make_inputs(T, gate, strength=strength, seed=5)
-    compare(inputs, segment_ids=segment_ids, causal=causal, chunk_size=16)
+    compare(
+        inputs,
+        segment_ids=segment_ids,
+        causal=causal,
+        chunk_size=chunk_size,
+        implementation=implementation,
+    )
 
 
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
-def test_extreme_decay_is_finite(gate: str) -> None:
+@pytest.mark.parametrize("implementation", FORMS)
+def test_extreme_decay_is_finite(implementation: str, gate: str) -> None:
     """g ~ -1e4 per step: every decay underflows to 0, nothing overflows, in fwd and grads."""
     T = 40
     inputs = make_inputs(T, gate, strength=1e4, seed=6)
@@ -180,7 +217,7 @@ def test_extreme_decay_is_finite(gate: str) -> None:
     def loss(q, k, v, g):
         o, S = gla(
             q, k, v, g, initial_state=inputs["initial_state"], output_final_state=True,
-            chunk_size=16,
+            chunk_size=64, implementation=implementation,
         )  # fmt: skip
         return jnp.sum(o**2) + jnp.sum(S**2), o
 
@@ -194,16 +231,27 @@ def test_extreme_decay_is_finite(gate: str) -> None:
 
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_bf16_close_to_fp32_reference(gate: str, causal: bool) -> None:
+@pytest.mark.parametrize("implementation", FORMS)
+def test_bf16_close_to_fp32_reference(implementation: str, gate: str, causal: bool) -> None:
+    """bf16 q, k, v, g (fp32 accumulation inside) vs the fp32 oracle: outputs and gradients."""
     T = 65
     inputs = make_inputs(T, gate, seed=8)
-    q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]
     state = dict(initial_state=inputs["initial_state"]) if causal else {}
-    bf16 = [x.astype(jnp.bfloat16) for x in (q, k, v)]
-    o, _ = gla(*bf16, g, causal=causal, chunk_size=16, **state)
-    assert o.dtype == jnp.bfloat16
-    want, _ = gla(q, k, v, g, causal=causal, implementation="reference", **state)
+    cotangent = jnp.asarray(normal(98, 0, (B, T, H, V)))
+
+    def loss(args, impl):
+        o, _ = gla(*args, causal=causal, chunk_size=64, implementation=impl, **state)
+        return jnp.sum(o.astype(jnp.float32) * cotangent), o
+
+    args = [inputs[n] for n in "qkvg"]
+    bf16 = [x.astype(jnp.bfloat16) for x in args]
+    grad_fn = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    grads, o = grad_fn(bf16, implementation)
+    assert o.dtype == jnp.bfloat16 and all(d.dtype == jnp.bfloat16 for d in grads)
+    want_grads, want = grad_fn(args, "reference")
     assert rel_err(o, want) < BF16_TOL
+    for name, d, w in zip("qkvg", grads, want_grads, strict=True):
+        assert rel_err(d, w) < BF16_TOL, (name, rel_err(d, w))
 
 
 @pytest.mark.parametrize("gate", ["scalar", "vector"])

@@ -6,9 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linmix.ops.gla import reference, xla
+from linmix.ops.gla import reference, scan, xla
 
-IMPLEMENTATIONS = ("xla", "reference")
+IMPLEMENTATIONS = ("xla", "associative_scan", "reference")
+_CAUSAL_FORMS = {
+    "xla": xla.gla_chunked,
+    "associative_scan": scan.gla_associative_scan,
+    "reference": reference.gla_reference,
+}
 
 
 def gla(
@@ -41,7 +46,9 @@ def gla(
       causal: False gives the bidirectional form, where query t sees every key s of its segment
         with weight prod of a_j over the tokens strictly after min(s, t) up to max(s, t).
       chunk_size: chunk length of the chunked algorithm; a positive power of two.
-      implementation: None or 'xla' (chunked, default) or 'reference' (per-token scan oracle).
+      implementation: None or 'xla' (chunked, default; custom backward that stores no per-token
+        state), 'associative_scan' (parallel prefix scan over per-token K x V states: small
+        states only, refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan).
 
     Returns:
       (o, final_state): o [B, T, H, V] in q.dtype; final_state [B, H, K, V] fp32, or None when
@@ -58,32 +65,29 @@ def gla(
         )
     scale = q.shape[-1] ** -0.5 if scale is None else scale
 
+    form = _CAUSAL_FORMS[impl]
+    extra = {"chunk_size": chunk_size} if impl == "xla" else {}
     if not causal:
         if impl == "reference":
             o_BTHV = reference.gla_bidirectional_reference(
                 q, k, v, g, scale=scale, segment_ids=segment_ids
             )
         else:
-            o_BTHV = xla.gla_bidirectional_chunked(
-                q, k, v, g, scale=scale, segment_ids=segment_ids, chunk_size=chunk_size
+            o_BTHV = xla.bidirectional(
+                form, q, k, v, g, scale=scale, segment_ids=segment_ids, **extra
             )
         return o_BTHV.astype(q.dtype), None
 
-    if impl == "reference":
-        o_BTHV, S_BHKV = reference.gla_reference(
-            q, k, v, g, scale=scale, initial_state=initial_state, segment_ids=segment_ids
-        )
-    else:
-        o_BTHV, S_BHKV = xla.gla_chunked(
-            q,
-            k,
-            v,
-            g,
-            scale=scale,
-            initial_state=initial_state,
-            segment_ids=segment_ids,
-            chunk_size=chunk_size,
-        )
+    o_BTHV, S_BHKV = form(
+        q,
+        k,
+        v,
+        g,
+        scale=scale,
+        initial_state=initial_state,
+        segment_ids=segment_ids,
+        **extra,
+    )
     return o_BTHV.astype(q.dtype), (S_BHKV if output_final_state else None)
 
 
