@@ -30,12 +30,13 @@ SUBCHUNK = 16
 
 
 class Chunked(NamedTuple):
-    """Inputs cut into N chunks of length C (time padded at the end), all fp32."""
+    """Inputs cut into N chunks of length C, heads before chunks (time padded at the end), fp32.
+    The [B, H, N, C, .] layout makes (B, H, N) the leading batch dims of every matmul."""
 
-    q_BNCHK: jax.Array
-    k_BNCHK: jax.Array
-    v_BNCHV: jax.Array
-    g_BNCHX: jax.Array  # X = 1 (no gate / scalar) or K (vector gate)
+    q_BHNCK: jax.Array
+    k_BHNCK: jax.Array
+    v_BHNCV: jax.Array
+    g_BHNCX: jax.Array  # X = 1 (no gate / scalar) or K (vector gate)
 
 
 class Masks(NamedTuple):
@@ -48,10 +49,10 @@ class Masks(NamedTuple):
 
 
 class Terms(NamedTuple):
-    o_intra_BNCHV: jax.Array
-    q_decay_BNCHK: jax.Array
-    a_BNHX: jax.Array
-    dS_BNHKV: jax.Array
+    o_intra_BHNCV: jax.Array
+    q_decay_BHNCK: jax.Array
+    a_BHNX: jax.Array
+    dS_BHNKV: jax.Array
 
 
 def gate_BTHX(g: jax.Array | None, q_shape: tuple[int, ...]) -> jax.Array:
@@ -67,29 +68,40 @@ def chunk_length(T: int, chunk_size: int) -> int:
     return min(chunk_size, 1 << (T - 1).bit_length())
 
 
-def to_chunks(x_BT: jax.Array, C: int, *, mode: str = "constant") -> jax.Array:
-    """[B, T, ...] -> [B, N, C, ...], padding T up to N * C (zeros, or edge values)."""
-    B, T = x_BT.shape[:2]
-    N = -(-T // C)
+def _pad_time(x_BT: jax.Array, C: int, mode: str = "constant") -> jax.Array:
+    T = x_BT.shape[1]
+    if T % C == 0:
+        return x_BT
     widths = [(0, 0)] * x_BT.ndim
-    widths[1] = (0, N * C - T)
-    return jnp.pad(x_BT, widths, mode=mode).reshape(B, N, C, *x_BT.shape[2:])
+    widths[1] = (0, -(-T // C) * C - T)
+    return jnp.pad(x_BT, widths, mode=mode)
 
 
-def from_chunks(x_BNC: jax.Array, T: int) -> jax.Array:
-    B, N, C = x_BNC.shape[:3]
-    return x_BNC.reshape(B, N * C, *x_BNC.shape[3:])[:, :T]
+def to_chunks(x_BTHD: jax.Array, C: int) -> jax.Array:
+    """[B, T, H, D] -> [B, H, N, C, D] in fp32, zero-padding T up to N * C."""
+    B, T, H, D = x_BTHD.shape
+    x_BNCHD = _pad_time(x_BTHD.astype(_F32), C).reshape(B, -1, C, H, D)
+    return x_BNCHD.transpose(0, 3, 1, 2, 4)
+
+
+def from_chunks(x_BHNCD: jax.Array, T: int) -> jax.Array:
+    """[B, H, N, C, D] -> [B, T, H, D]."""
+    B, H, N, C, D = x_BHNCD.shape
+    return x_BHNCD.transpose(0, 2, 3, 1, 4).reshape(B, N * C, H, D)[:, :T]
 
 
 def chunk_inputs(
     q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHV: jax.Array, g_BTHX: jax.Array, C: int
 ) -> Chunked:
     """Padding with g = 0 and k = v = 0 in the last real segment leaves the state untouched."""
-    return Chunked(*(to_chunks(x.astype(_F32), C) for x in (q_BTHK, k_BTHK, v_BTHV, g_BTHX)))
+    return Chunked(*(to_chunks(x, C) for x in (q_BTHK, k_BTHK, v_BTHV, g_BTHX)))
 
 
-def segment_masks(seg_BT: jax.Array, C: int) -> Masks:
-    seg_BNC = to_chunks(seg_BT, C, mode="edge")
+def segment_masks(seg_BT: jax.Array | None, C: int) -> Masks | None:
+    """None without segments: every mask would be all-true, and skipping them saves time."""
+    if seg_BT is None:
+        return None
+    seg_BNC = _pad_time(seg_BT, C, mode="edge").reshape(seg_BT.shape[0], -1, C)
     # The segment of the token just before each chunk; for the first chunk it is the first
     # token's segment, so the initial state feeds the first segment.
     seg_prev_BN = jnp.concatenate([seg_BNC[:, :1, 0], seg_BNC[:, :-1, -1]], axis=1)
@@ -102,38 +114,68 @@ def segment_masks(seg_BT: jax.Array, C: int) -> Masks:
     )
 
 
-def chunk_terms(x: Chunked, masks: Masks) -> Terms:
+def _where(mask_BN: jax.Array | None, x_BHN: jax.Array) -> jax.Array:
+    """x where the [B, N, ...] mask (broadcast over heads and trailing dims) holds, else 0."""
+    if mask_BN is None:
+        return x_BHN
+    mask = mask_BN[:, None]
+    mask = mask.reshape(mask.shape + (1,) * (x_BHN.ndim - mask.ndim))
+    return jnp.where(mask, x_BHN, 0.0)
+
+
+def chunk_terms(x: Chunked, masks: Masks | None) -> Terms:
     """The state-independent parts of every chunk (see the module docstring)."""
-    q_BNCHK, k_BNCHK, v_BNCHV, g_BNCHX = x
-    b_BNCHX = jnp.cumsum(g_BNCHX, axis=2)
-    if g_BNCHX.shape[-1] == 1:
-        P_BNHRS = _intra_scalar(q_BNCHK, k_BNCHK, b_BNCHX[..., 0], masks.same_seg_BNRS)
+    q_BHNCK, k_BHNCK, v_BHNCV, g_BHNCX = x
+    same_BNRS = None if masks is None else masks.same_seg_BNRS
+    if g_BHNCX.shape[-1] == 1:
+        b_BHNCX = within_chunk_sum(g_BHNCX, "inclusive")
+        P_BHNRS = _intra_scalar(q_BHNCK, k_BHNCK, b_BHNCX[..., 0], same_BNRS)
     else:
-        P_BNHRS = _intra_vector(q_BNCHK, k_BNCHK, g_BNCHX, masks.same_seg_BNRS)
-    o_intra_BNCHV = jnp.einsum("bnhrs,bnshv->bnrhv", P_BNHRS, v_BNCHV)
+        b_BHNCX = within_chunk_sum(g_BHNCX, "inclusive")
+        P_BHNRS = _intra_vector(q_BHNCK, k_BHNCK, g_BHNCX, b_BHNCX, same_BNRS)
+    o_intra_BHNCV = jnp.einsum("bhnrs,bhnsv->bhnrv", P_BHNRS, v_BHNCV)
 
     # Keys weighted by their decay to the chunk end, only those of the segment open at the end.
     # The decay to the end, sum_{j > s} g_j, is summed directly rather than taken as b_C - b_s:
     # the difference sends large cancelling gradients into b_C for keys near the chunk end (the
     # last key's exp(0) most of all), whose rounding swamps tiny gate gradients at strong decay.
-    to_end_BNCHX = _exclusive_suffix_sum(g_BNCHX, axis=2)
-    k_decay_BNCHK = k_BNCHK * jnp.exp(to_end_BNCHX)
-    k_decay_BNCHK = jnp.where(masks.in_last_seg_BNC[:, :, :, None, None], k_decay_BNCHK, 0.0)
-    dS_BNHKV = jnp.einsum("bnchk,bnchv->bnhkv", k_decay_BNCHK, v_BNCHV)
-    a_BNHX = jnp.where(masks.keeps_state_BN[:, :, None, None], jnp.exp(b_BNCHX[:, :, -1]), 0.0)
+    K = q_BHNCK.shape[-1]
+
+    def over_keys(x_BHNCX: jax.Array) -> jax.Array:
+        return x_BHNCX if x_BHNCX.shape[-1] == K else spread(x_BHNCX[..., 0], "...c,k->...ck", K)
+
+    to_end_BHNCX = within_chunk_sum(g_BHNCX, "after")
+    k_decay_BHNCK = k_BHNCK * over_keys(jnp.exp(to_end_BHNCX))
+    k_decay_BHNCK = _where(masks and masks.in_last_seg_BNC, k_decay_BHNCK)
+    dS_BHNKV = jnp.einsum("bhnck,bhncv->bhnkv", k_decay_BHNCK, v_BHNCV)
+    a_BHNX = _where(masks and masks.keeps_state_BN, jnp.exp(b_BHNCX[:, :, :, -1]))
 
     # Queries decayed from the chunk start; those in a new segment must not see the carried state.
-    q_decay_BNCHK = q_BNCHK * jnp.exp(b_BNCHX)
-    q_decay_BNCHK = jnp.where(masks.reads_state_BNC[:, :, :, None, None], q_decay_BNCHK, 0.0)
-    return Terms(o_intra_BNCHV, q_decay_BNCHK, a_BNHX, dS_BNHKV)
+    q_decay_BHNCK = q_BHNCK * over_keys(jnp.exp(b_BHNCX))
+    q_decay_BHNCK = _where(masks and masks.reads_state_BNC, q_decay_BHNCK)
+    return Terms(o_intra_BHNCV, q_decay_BHNCK, a_BHNX, dS_BHNKV)
 
 
-def _exclusive_suffix_sum(x: jax.Array, axis: int) -> jax.Array:
-    """y_s = sum_{j > s} x_j along axis."""
-    suffix = jnp.flip(jnp.cumsum(jnp.flip(x, axis=axis), axis=axis), axis=axis)
-    shifted = jax.lax.slice_in_dim(suffix, 1, x.shape[axis], axis=axis)
-    zeros = jnp.zeros_like(jax.lax.slice_in_dim(suffix, 0, 1, axis=axis))
-    return jnp.concatenate([shifted, zeros], axis=axis)
+def spread(x: jax.Array, spec: str, size: int) -> jax.Array:
+    """A broadcast written as a product with ones, e.g. spread(b, '...r,s->...rs', C).
+
+    Its transpose in the backward pass is then a matmul-style contraction; the plain broadcast's
+    transpose (a fused multiply-and-reduce) runs several times slower on XLA:CPU.
+    """
+    return jnp.einsum(spec, x, jnp.ones((size,), x.dtype))
+
+
+def within_chunk_sum(x_BHNCX: jax.Array, pattern: str) -> jax.Array:
+    """Sums over the chunk axis (3) as a matmul with a 0/1 matrix, which XLA runs much faster
+    than `cumsum` on CPU: 'inclusive' y_r = sum_{s <= r} x_s, 'after' y_r = sum_{s > r} x_s.
+    HIGHEST precision keeps the sums fp32 exact-rounded on backends whose default is bf16."""
+    C = x_BHNCX.shape[3]
+    r = jnp.arange(C)[:, None]
+    s = jnp.arange(C)[None, :]
+    M_RS = (s <= r) if pattern == "inclusive" else (s > r)
+    return jnp.einsum(
+        "rs,bhnsx->bhnrx", M_RS.astype(x_BHNCX.dtype), x_BHNCX, precision=jax.lax.Precision.HIGHEST
+    )
 
 
 def _strict_causal(C: int) -> jax.Array:
@@ -141,7 +183,7 @@ def _strict_causal(C: int) -> jax.Array:
 
 
 def _intra_scalar(
-    q_BNCHK: jax.Array, k_BNCHK: jax.Array, b_BNCH: jax.Array, same_seg_BNRS: jax.Array
+    q_BHNCK: jax.Array, k_BHNCK: jax.Array, b_BHNC: jax.Array, same_BNRS: jax.Array | None
 ) -> jax.Array:
     """P[r, s] = (q_r . k_s) exp(b_r - b_s) for s <= r in one segment: the decay factors out.
 
@@ -149,19 +191,29 @@ def _intra_scalar(
     exactly cancelling gradients into b_r, whose fp32 rounding swamps the tiny true gate gradient
     when decays are strong.
     """
-    C = q_BNCHK.shape[2]
-    strict_BNRS = _strict_causal(C)[None, None] & same_seg_BNRS
-    b_BNHC = jnp.moveaxis(b_BNCH, 2, 3)
-    diff_BNHRS = b_BNHC[..., :, None] - b_BNHC[..., None, :]
-    decay_BNHRS = (
-        _masked_exp(diff_BNHRS, strict_BNRS[:, :, None]) + jnp.eye(C, dtype=_F32)[None, None, None]
-    )
-    qk_BNHRS = jnp.einsum("bnrhk,bnshk->bnhrs", q_BNCHK, k_BNCHK)
-    return qk_BNHRS * decay_BNHRS
+    C = q_BHNCK.shape[3]
+    strict_BHNRS = _pair_mask(_strict_causal(C), same_BNRS)
+    diff_BHNRS = spread(b_BHNC, "...r,s->...rs", C) - spread(b_BHNC, "...s,r->...rs", C)
+    decay_BHNRS = _masked_exp(diff_BHNRS, strict_BHNRS) + jnp.eye(C, dtype=_F32)[None, None, None]
+    qk_BHNRS = jnp.einsum("bhnrk,bhnsk->bhnrs", q_BHNCK, k_BHNCK)
+    return qk_BHNRS * decay_BHNRS
+
+
+def _pair_mask(causal_RS: jax.Array, same_BNRS: jax.Array | None) -> jax.Array:
+    """A causal [R, S] pattern, restricted to same-segment pairs [B, N, .., R, S] (a head axis
+    is inserted after B): [B or 1, 1, N or 1, .., R, S]."""
+    if same_BNRS is None:
+        return causal_RS[None, None, None]
+    same_B1NRS = same_BNRS[:, None]
+    return causal_RS.reshape((1,) * (same_B1NRS.ndim - 2) + causal_RS.shape) & same_B1NRS
 
 
 def _intra_vector(
-    q_BNCHK: jax.Array, k_BNCHK: jax.Array, g_BNCHK: jax.Array, same_seg_BNRS: jax.Array
+    q_BHNCK: jax.Array,
+    k_BHNCK: jax.Array,
+    g_BHNCK: jax.Array,
+    b_BHNCK: jax.Array,
+    same_BNRS: jax.Array | None,
 ) -> jax.Array:
     """P[r, s] = sum_i q_ri k_si exp(b_ri - b_si) for s <= r in one segment, per-channel decay.
 
@@ -173,53 +225,50 @@ def _intra_vector(
     - pairs inside one sub-chunk use an explicit [c, c, K] decay tensor (diagonal exactly 1).
     Memory per chunk and head is C * (C / c) * K + C * c * K instead of C * C * K.
     """
-    B, N, C, H, K = q_BNCHK.shape
+    B, H, N, C, K = q_BHNCK.shape
     c = min(SUBCHUNK, C)
     n_sub = C // c
-    b_BNCHK = jnp.cumsum(g_BNCHK, axis=2)
-    # Reference point of each sub-chunk: b just before it (0 for the first).
-    b_end_BNIHK = b_BNCHK[:, :, c - 1 :: c]
-    rho_BNIHK = jnp.concatenate([jnp.zeros_like(b_end_BNIHK[:, :, :1]), b_end_BNIHK[:, :, :-1]], 2)
-
+    sub = (B, H, N, n_sub, c, K)
     # Within a sub-chunk: b_r - rho_i as a local cumulative sum (no large-number cancellation).
-    g_BNIcHK = g_BNCHK.reshape(B, N, n_sub, c, H, K)
-    local_BNIcHK = jnp.cumsum(g_BNIcHK, axis=3)
-    q_BNIcHK = q_BNCHK.reshape(B, N, n_sub, c, H, K)
-    k_BNIcHK = k_BNCHK.reshape(B, N, n_sub, c, H, K)
-    same_BNIrs = _sub_blocks(same_seg_BNRS, n_sub)
+    local_BHNIcK = within_chunk_sum(g_BHNCK.reshape(B, H, N * n_sub, c, K), "inclusive").reshape(
+        sub
+    )
+    q_BHNIcK = q_BHNCK.reshape(sub)
+    k_BHNIcK = k_BHNCK.reshape(sub)
 
     # Pairs within a sub-chunk.
-    strict_rs = _strict_causal(c)
-    diff_BNIHrsK = (
-        jnp.moveaxis(local_BNIcHK, 3, 4)[:, :, :, :, :, None, :]
-        - jnp.moveaxis(local_BNIcHK, 3, 4)[:, :, :, :, None, :, :]
-    )
-    mask_BNIHrs1 = (strict_rs[None, None, None] & same_BNIrs)[:, :, :, None, :, :, None]
+    same_BNIrs = None if same_BNRS is None else _diagonal_blocks(same_BNRS, n_sub)
+    mask_BHNIrs = _pair_mask(_strict_causal(c), same_BNIrs)
+    diff_BHNIrsK = local_BHNIcK[..., :, None, :] - local_BHNIcK[..., None, :, :]
     eye_11111rs1 = jnp.eye(c, dtype=_F32)[None, None, None, None, :, :, None]
-    decay_BNIHrsK = _masked_exp(diff_BNIHrsK, mask_BNIHrs1) + eye_11111rs1
-    P_diag_BNHIrs = jnp.einsum("bnirhk,bnishk,bnihrsk->bnhirs", q_BNIcHK, k_BNIcHK, decay_BNIHrsK)
+    decay_BHNIrsK = _masked_exp(diff_BHNIrsK, mask_BHNIrs[..., None]) + eye_11111rs1
+    # q_r * decay_rs, then contracted with k_s: a dot (the fused three-way product-and-sum
+    # runs several times slower on XLA:CPU).
+    qd_BHNIrsK = spread(q_BHNIcK, "...rk,s->...rsk", c) * decay_BHNIrsK
+    P_diag_BHNIrs = jnp.einsum("bhnirsk,bhnisk->bhnirs", qd_BHNIrsK, k_BHNIcK)
     eye_IJ = jnp.eye(n_sub, dtype=_F32)
-    P_BNHRS = jnp.einsum("bnhirs,ij->bnhirjs", P_diag_BNHIrs, eye_IJ).reshape(B, N, H, C, C)
+    P_BHNRS = jnp.einsum("bhnirs,ij->bhnirjs", P_diag_BHNIrs, eye_IJ).reshape(B, H, N, C, C)
     if n_sub == 1:
-        return P_BNHRS
+        return P_BHNRS
 
     # Pairs across sub-chunks: keys s < i * c, rescaled to the reference point of sub-chunk i.
-    earlier_IS = jnp.arange(C)[None, :] < (jnp.arange(n_sub) * c)[:, None]
-    key_exp_BNIShK = rho_BNIHK[:, :, :, None] - b_BNCHK[:, :, None]
-    mask_BNIS11 = jnp.broadcast_to(earlier_IS[None, None, :, :, None, None], key_exp_BNIShK.shape)
-    k_ref_BNIShK = k_BNCHK[:, :, None] * _masked_exp(key_exp_BNIShK, mask_BNIS11)
-    q_ref_BNIcHK = q_BNIcHK * jnp.exp(local_BNIcHK)
-    P_off_BNHIrS = jnp.einsum("bnirhk,bnishk->bnhirs", q_ref_BNIcHK, k_ref_BNIShK)
-    block_lower_RS = (jnp.arange(C)[None, :] // c) < (jnp.arange(C)[:, None] // c)
-    P_off_BNHRS = jnp.where(
-        (block_lower_RS[None, None] & same_seg_BNRS)[:, :, None],
-        P_off_BNHIrS.reshape(B, N, H, C, C),
-        0.0,
+    b_end_BHNIK = b_BHNCK[:, :, :, c - 1 :: c]
+    rho_BHNIK = jnp.concatenate(
+        [jnp.zeros_like(b_end_BHNIK[..., :1, :]), b_end_BHNIK[..., :-1, :]], 3
     )
-    return P_BNHRS + P_off_BNHRS
+    earlier_IS = jnp.arange(C)[None, :] < (jnp.arange(n_sub) * c)[:, None]
+    key_exp_BHNISK = rho_BHNIK[..., :, None, :] - b_BHNCK[..., None, :, :]
+    earlier_111ISK = earlier_IS[None, None, None, :, :, None]
+    k_ref_BHNISK = k_BHNCK[..., None, :, :] * _masked_exp(key_exp_BHNISK, earlier_111ISK)
+    q_ref_BHNIcK = q_BHNIcK * jnp.exp(local_BHNIcK)
+    P_off_BHNIrS = jnp.einsum("bhnirk,bhnisk->bhnirs", q_ref_BHNIcK, k_ref_BHNISK)
+    block_lower_RS = (jnp.arange(C)[None, :] // c) < (jnp.arange(C)[:, None] // c)
+    mask_BHNRS = jnp.broadcast_to(_pair_mask(block_lower_RS, same_BNRS), (B, H, N, C, C))
+    P_off_BHNRS = jnp.where(mask_BHNRS, P_off_BHNIrS.reshape(B, H, N, C, C), 0.0)
+    return P_BHNRS + P_off_BHNRS
 
 
-def _sub_blocks(x_BNRS: jax.Array, n_sub: int) -> jax.Array:
+def _diagonal_blocks(x_BNRS: jax.Array, n_sub: int) -> jax.Array:
     """The n_sub diagonal [c, c] blocks of a [.., C, C] matrix, as [.., n_sub, c, c]."""
     B, N, C, _ = x_BNRS.shape
     c = C // n_sub

@@ -51,38 +51,38 @@ def gla_chunked(
     g_BTHX = chunks.gate_BTHX(g, q_BTHK.shape)
     if initial_state is None:
         initial_state = jnp.zeros((B, H, K, V), _F32)
-    if segment_ids is None:
-        segment_ids = jnp.zeros((B, T), jnp.int32)
     C = chunks.chunk_length(T, chunk_size)
     return _chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHX, initial_state, segment_ids, scale, C)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
-    x = chunks.chunk_inputs(q_BTHK, k_BTHK, v_BTHV, g_BTHX, C)
-    terms = chunks.chunk_terms(x, chunks.segment_masks(seg_BT, C))
-    S_BNHKV, S_final_BHKV = _chunk_states(terms, S0_BHKV.astype(_F32))
-    o_inter_BNCHV = jnp.einsum("bnchk,bnhkv->bnchv", terms.q_decay_BNCHK, S_BNHKV)
-    o_BNCHV = scale * (terms.o_intra_BNCHV + o_inter_BNCHV)
-    return chunks.from_chunks(o_BNCHV, q_BTHK.shape[1]), S_final_BHKV
+    return _chunked_fwd(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C)[0]
 
 
 def _chunked_fwd(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
-    out = _chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C)
-    return out, (q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT)
-
-
-def _chunked_bwd(scale, C, residuals, cotangents):
-    q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT = residuals
-    do_BTHV, dS_final_BHKV = cotangents
+    """Saves the intra-chunk residuals (as `jax.vjp` would: O(T * C) per head for scalar gates)
+    and the per-chunk decays and increments; the chunk states are recomputed in the backward."""
     x = chunks.chunk_inputs(q_BTHK, k_BTHK, v_BTHV, g_BTHX, C)
     masks = chunks.segment_masks(seg_BT, C)
     terms, terms_vjp = jax.vjp(lambda x: chunks.chunk_terms(x, masks), x)
-    S_BNHKV, _ = _chunk_states(terms, S0_BHKV.astype(_F32))
+    S_BHNKV, S_final_BHKV = _chunk_states(terms.a_BHNX, terms.dS_BHNKV, S0_BHKV.astype(_F32))
+    o_inter_BHNCV = jnp.einsum("bhnck,bhnkv->bhncv", terms.q_decay_BHNCK, S_BHNKV)
+    o_BHNCV = scale * (terms.o_intra_BHNCV + o_inter_BHNCV)
+    out = chunks.from_chunks(o_BHNCV, q_BTHK.shape[1]), S_final_BHKV
+    dtypes = tuple(jnp.zeros((), x.dtype) for x in (q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV))
+    residuals = (terms_vjp, terms.q_decay_BHNCK, terms.a_BHNX, terms.dS_BHNKV, S0_BHKV, dtypes)
+    return out, residuals
 
-    do_BNCHV = scale * chunks.to_chunks(do_BTHV.astype(_F32), C)
+
+def _chunked_bwd(scale, C, residuals, cotangents):
+    terms_vjp, q_decay_BHNCK, a_BHNX, dS_BHNKV, S0_BHKV, dtypes = residuals
+    do_BTHV, dS_final_BHKV = cotangents
+    S_BHNKV, _ = _chunk_states(a_BHNX, dS_BHNKV, S0_BHKV.astype(_F32))
+
+    do_BHNCV = scale * chunks.to_chunks(do_BTHV, C)
     # Gradient reaching S_[n] through chunk n's own outputs, then the adjoint recurrence.
-    dS_own_BNHKV = jnp.einsum("bnchk,bnchv->bnhkv", terms.q_decay_BNCHK, do_BNCHV)
+    dS_own_BHNKV = jnp.einsum("bhnck,bhncv->bhnkv", q_decay_BHNCK, do_BHNCV)
 
     def adjoint(lam_BHKV, xs):
         a_BHX, dS_own_BHKV = xs
@@ -91,43 +91,41 @@ def _chunked_bwd(scale, C, residuals, cotangents):
     lam0_BHKV, lam_NBHKV = jax.lax.scan(
         adjoint,
         dS_final_BHKV.astype(_F32),
-        (jnp.moveaxis(terms.a_BNHX, 1, 0), jnp.moveaxis(dS_own_BNHKV, 1, 0)),
+        (jnp.moveaxis(a_BHNX, 2, 0), jnp.moveaxis(dS_own_BHNKV, 2, 0)),
         reverse=True,
     )
-    lam_next_BNHKV = jnp.moveaxis(lam_NBHKV, 0, 1)  # gradient of the state leaving each chunk
+    lam_next_BHNKV = jnp.moveaxis(lam_NBHKV, 0, 2)  # gradient of the state leaving each chunk
 
-    da_BNHK = jnp.sum(lam_next_BNHKV * S_BNHKV, axis=-1)
-    X = terms.a_BNHX.shape[-1]
-    da_BNHX = da_BNHK if X > 1 else jnp.sum(da_BNHK, axis=-1, keepdims=True)
+    da_BHNK = jnp.einsum("bhnkv,bhnkv->bhnk", lam_next_BHNKV, S_BHNKV)
+    da_BHNX = da_BHNK if a_BHNX.shape[-1] > 1 else jnp.sum(da_BHNK, axis=-1, keepdims=True)
     d_terms = chunks.Terms(
-        o_intra_BNCHV=do_BNCHV,
-        q_decay_BNCHK=jnp.einsum("bnchv,bnhkv->bnchk", do_BNCHV, S_BNHKV),
-        a_BNHX=da_BNHX,
-        dS_BNHKV=lam_next_BNHKV,
+        o_intra_BHNCV=do_BHNCV,
+        q_decay_BHNCK=jnp.einsum("bhncv,bhnkv->bhnck", do_BHNCV, S_BHNKV),
+        a_BHNX=da_BHNX,
+        dS_BHNKV=lam_next_BHNKV,
     )
     (dx,) = terms_vjp(d_terms)
-    T = q_BTHK.shape[1]
-    grads = [
-        chunks.from_chunks(d, T).astype(p.dtype)
-        for d, p in zip(dx, (q_BTHK, k_BTHK, v_BTHV, g_BTHX), strict=True)
-    ]
-    return (*grads, lam0_BHKV.astype(S0_BHKV.dtype), None)
+    T = do_BTHV.shape[1]
+    grads = [chunks.from_chunks(d, T).astype(p.dtype) for d, p in zip(dx, dtypes, strict=False)]
+    return (*grads, lam0_BHKV.astype(dtypes[4].dtype), None)
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def _chunk_states(terms: chunks.Terms, S0_BHKV: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """States entering each chunk [B, N, H, K, V] and the final state, by a scan over chunks."""
+def _chunk_states(
+    a_BHNX: jax.Array, dS_BHNKV: jax.Array, S0_BHKV: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """States entering each chunk [B, H, N, K, V] and the final state, by a scan over chunks."""
 
     def step(S_BHKV, xs):
         a_BHX, dS_BHKV = xs
         return a_BHX[..., None] * S_BHKV + dS_BHKV, S_BHKV
 
     S_final_BHKV, S_NBHKV = jax.lax.scan(
-        step, S0_BHKV, (jnp.moveaxis(terms.a_BNHX, 1, 0), jnp.moveaxis(terms.dS_BNHKV, 1, 0))
+        step, S0_BHKV, (jnp.moveaxis(a_BHNX, 2, 0), jnp.moveaxis(dS_BHNKV, 2, 0))
     )
-    return jnp.moveaxis(S_NBHKV, 0, 1), S_final_BHKV
+    return jnp.moveaxis(S_NBHKV, 0, 2), S_final_BHKV
 
 
 CausalForm = Callable[..., tuple[jax.Array, jax.Array]]
