@@ -10,17 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from linmix.models.mixers.common import LinearMixer, LinearOptions
-from linmix.ops.gla import gla
+from linmix.ops.gla import FEATURE_MAPS, gla
 
-FEATURE_MAPS = {
-    "identity": lambda x: x,
-    "elu1": lambda x: jax.nn.elu(x) + 1.0,
-    "relu": jax.nn.relu,
-}
 NORMALIZATIONS = ("rmsnorm", "denominator")
 
 
@@ -57,19 +51,14 @@ class LinearAttn(LinearMixer, nnx.Module):
         q_BTHK, k_BTHK, v_BTHV = self.qkv(x_BTD, segment_ids)
         phi = FEATURE_MAPS[self.feature_map]
         q_BTHK, k_BTHK = phi(q_BTHK), phi(k_BTHK)
-        if self.denominator:
-            # The ones column makes the last output column the denominator phi(q_t) . z_t.
-            ones_BTH1 = jnp.ones(v_BTHV.shape[:-1] + (1,), v_BTHV.dtype)
-            v_BTHV = jnp.concatenate([v_BTHV, ones_BTH1], axis=-1)
         o_BTHV, _ = gla(
             q_BTHK,
             k_BTHK,
             v_BTHV,
             None,
             scale=1.0,
+            normalize=self.denominator,
             segment_ids=segment_ids,
             chunk_size=self.chunk_size,
         )
-        if self.denominator:
-            o_BTHV = o_BTHV[..., :-1] / (o_BTHV[..., -1:] + 1e-6)
         return self.output(o_BTHV, x_BTD), None

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linmix.ops.gla import reference, scan, xla
+from linmix.ops.gla import features, reference, scan, xla
 
 IMPLEMENTATIONS = ("xla", "associative_scan", "reference")
 _CAUSAL_FORMS = {
@@ -27,6 +27,7 @@ def gla(
     output_final_state: bool = False,
     segment_ids: jax.Array | None = None,
     causal: bool = True,
+    normalize: bool = False,
     chunk_size: int = 64,
     implementation: str | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
@@ -43,6 +44,10 @@ def gla(
         state of the last segment). Not allowed with causal=False.
       segment_ids: [B, T] integers, non-decreasing along T (packed documents). The state is reset
         to zero wherever the id changes, so tokens only see their own document.
+      normalize: divide each output by its denominator scale * q_t . z_t, z_t the equally decayed
+        sum of the keys (normalised linear attention; needs q_t . k_s >= 0, i.e. positive
+        feature maps, see `linmix.ops.gla.features`). The state then carries z_t as an extra
+        last column: initial_state and final_state are [B, H, K, V + 1].
       causal: False gives the bidirectional form, where query t sees every key s of its segment
         with weight prod of a_j over the tokens strictly after min(s, t) up to max(s, t).
       chunk_size: chunk length of the chunked algorithm; a positive power of two.
@@ -57,7 +62,7 @@ def gla(
     impl = "xla" if implementation is None else implementation
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
-    _validate(q, k, v, g, initial_state, segment_ids, chunk_size)
+    _validate(q, k, v, g, initial_state, segment_ids, chunk_size, normalize)
     if not causal and (output_final_state or initial_state is not None):
         raise ValueError(
             "causal=False has no recurrent state: initial_state and output_final_state=True "
@@ -65,6 +70,8 @@ def gla(
         )
     scale = q.shape[-1] ** -0.5 if scale is None else scale
 
+    if normalize:
+        v = features.with_denominator(v)
     form = _CAUSAL_FORMS[impl]
     extra = {"chunk_size": chunk_size} if impl == "xla" else {}
     if not causal:
@@ -76,7 +83,7 @@ def gla(
             o_BTHV = xla.bidirectional(
                 form, q, k, v, g, scale=scale, segment_ids=segment_ids, **extra
             )
-        return o_BTHV.astype(q.dtype), None
+        return _finish(o_BTHV, q.dtype, normalize), None
 
     o_BTHV, S_BHKV = form(
         q,
@@ -88,7 +95,14 @@ def gla(
         segment_ids=segment_ids,
         **extra,
     )
-    return o_BTHV.astype(q.dtype), (S_BHKV if output_final_state else None)
+    return _finish(o_BTHV, q.dtype, normalize), (S_BHKV if output_final_state else None)
+
+
+def _finish(o_BTHV: jax.Array, dtype: jnp.dtype, normalize: bool) -> jax.Array:
+    """The fp32 output in the input dtype, divided by its denominator column first if asked."""
+    if normalize:
+        o_BTHV = features.divide_by_denominator(o_BTHV)
+    return o_BTHV.astype(dtype)
 
 
 def _validate(
@@ -99,6 +113,7 @@ def _validate(
     initial_state: jax.Array | None,
     segment_ids: jax.Array | None,
     chunk_size: int,
+    normalize: bool = False,
 ) -> None:
     """Static shape/dtype checks only: values (g <= 0, sorted ids) can't be checked under jit."""
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -109,7 +124,7 @@ def _validate(
         raise ValueError(f"k must have the shape of q {q.shape} ([B, T, H, K]), got {k.shape}")
     if v.shape[:3] != (B, T, H):
         raise ValueError(f"v must be [B, T, H, V] = [{B}, {T}, {H}, V], got {v.shape}")
-    V = v.shape[3]
+    V = v.shape[3] + int(normalize)
     if g is not None and g.shape not in ((B, T, H), (B, T, H, K)):
         raise ValueError(
             f"g must be None, [B, T, H] = {(B, T, H)} or [B, T, H, K] = {(B, T, H, K)}, "
@@ -117,7 +132,8 @@ def _validate(
         )
     if initial_state is not None and initial_state.shape != (B, H, K, V):
         raise ValueError(
-            f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {initial_state.shape}"
+            f"initial_state must be [B, H, K, V{' + 1' if normalize else ''}] = {(B, H, K, V)}, "
+            f"got {initial_state.shape}"
         )
     if segment_ids is not None:
         if segment_ids.shape != (B, T):

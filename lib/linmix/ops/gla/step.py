@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from linmix.ops.gla import features
+
 _F32 = jnp.float32
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -23,6 +25,7 @@ def gla_step(
     state: jax.Array,
     *,
     scale: float | None = None,
+    normalize: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Advance the state by one token and read it with the query.
 
@@ -31,10 +34,14 @@ def gla_step(
       g_t: log-decay (<= 0): None (no decay), [B, H] (scalar per head) or [B, H, K].
       state: [B, H, K, V], any float dtype (used in fp32).
       scale: multiplies the output; defaults to K**-0.5.
+      normalize: as in `gla`: the state is [B, H, K, V + 1] with the key sum z as its last
+        column, and the output is divided by scale * q_t . z_t.
 
     Returns:
       (o_t [B, H, V] in q_t.dtype, new state [B, H, K, V] fp32).
     """
+    if normalize:
+        v_t = features.with_denominator(v_t)
     _validate(q_t, k_t, v_t, g_t, state)
     scale = q_t.shape[-1] ** -0.5 if scale is None else scale
     S_BHKV = state.astype(_F32)
@@ -45,7 +52,10 @@ def gla_step(
     kv_BHKV = jnp.einsum("bhk,bhv->bhkv", k_t.astype(_F32), v_t.astype(_F32), precision=_HIGHEST)
     S_BHKV = S_BHKV + kv_BHKV
     o_BHV = jnp.einsum("bhk,bhkv->bhv", q_t.astype(_F32), S_BHKV, precision=_HIGHEST)
-    return (scale * o_BHV).astype(q_t.dtype), S_BHKV
+    o_BHV = scale * o_BHV
+    if normalize:
+        o_BHV = features.divide_by_denominator(o_BHV)
+    return o_BHV.astype(q_t.dtype), S_BHKV
 
 
 def _validate(

@@ -61,8 +61,10 @@ def _chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
 
 
 def _chunked_fwd(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
-    """Saves the intra-chunk residuals (as `jax.vjp` would: O(T * C) per head for scalar gates)
-    and the per-chunk decays and increments; the chunk states are recomputed in the backward."""
+    """Residuals: the per-chunk decays and increments (the chunk states are recomputed from them
+    in the backward) and the intra-chunk residuals of `jax.vjp`, O(T * C) per head. A vector gate
+    would add its [c, c, K] decay tensors, so then only the chunked inputs are kept and the
+    intra-chunk terms are recomputed in the backward."""
     x = chunks.chunk_inputs(q_BTHK, k_BTHK, v_BTHV, g_BTHX, C)
     masks = chunks.segment_masks(seg_BT, C)
     terms, terms_vjp = jax.vjp(lambda x: chunks.chunk_terms(x, masks), x)
@@ -71,12 +73,18 @@ def _chunked_fwd(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
     o_BHNCV = scale * (terms.o_intra_BHNCV + o_inter_BHNCV)
     out = chunks.from_chunks(o_BHNCV, q_BTHK.shape[1]), S_final_BHKV
     dtypes = tuple(jnp.zeros((), x.dtype) for x in (q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV))
-    residuals = (terms_vjp, terms.q_decay_BHNCK, terms.a_BHNX, terms.dS_BHNKV, S0_BHKV, dtypes)
+    saved = (x, masks) if g_BTHX.shape[-1] > 1 else terms_vjp
+    residuals = (saved, terms.q_decay_BHNCK, terms.a_BHNX, terms.dS_BHNKV, S0_BHKV, dtypes)
     return out, residuals
 
 
 def _chunked_bwd(scale, C, residuals, cotangents):
-    terms_vjp, q_decay_BHNCK, a_BHNX, dS_BHNKV, S0_BHKV, dtypes = residuals
+    saved, q_decay_BHNCK, a_BHNX, dS_BHNKV, S0_BHKV, dtypes = residuals
+    if isinstance(saved, tuple):
+        x, masks = saved
+        _, terms_vjp = jax.vjp(lambda x: chunks.chunk_terms(x, masks), x)
+    else:
+        terms_vjp = saved
     do_BTHV, dS_final_BHKV = cotangents
     S_BHNKV, _ = _chunk_states(a_BHNX, dS_BHNKV, S0_BHKV.astype(_F32))
 
