@@ -36,7 +36,7 @@ class Chunked(NamedTuple):
     q_BHNCK: jax.Array
     k_BHNCK: jax.Array
     v_BHNCV: jax.Array
-    g_BHNCX: jax.Array  # X = 1 (no gate / scalar) or K (vector gate)
+    g_BHNCX: jax.Array | None  # None (no gate), X = 1 (scalar) or X = K (vector gate)
 
 
 class Masks(NamedTuple):
@@ -91,10 +91,11 @@ def from_chunks(x_BHNCD: jax.Array, T: int) -> jax.Array:
 
 
 def chunk_inputs(
-    q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHV: jax.Array, g_BTHX: jax.Array, C: int
+    q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHV: jax.Array, g_BTHX: jax.Array | None, C: int
 ) -> Chunked:
     """Padding with g = 0 and k = v = 0 in the last real segment leaves the state untouched."""
-    return Chunked(*(to_chunks(x, C) for x in (q_BTHK, k_BTHK, v_BTHV, g_BTHX)))
+    g_BHNCX = None if g_BTHX is None else to_chunks(g_BTHX, C)
+    return Chunked(*(to_chunks(x, C) for x in (q_BTHK, k_BTHK, v_BTHV)), g_BHNCX)
 
 
 def segment_masks(seg_BT: jax.Array | None, C: int) -> Masks | None:
@@ -127,6 +128,8 @@ def chunk_terms(x: Chunked, masks: Masks | None) -> Terms:
     """The state-independent parts of every chunk (see the module docstring)."""
     q_BHNCK, k_BHNCK, v_BHNCV, g_BHNCX = x
     same_BNRS = None if masks is None else masks.same_seg_BNRS
+    if g_BHNCX is None:
+        return _terms_without_gate(q_BHNCK, k_BHNCK, v_BHNCV, masks)
     if g_BHNCX.shape[-1] == 1:
         b_BHNCX = within_chunk_sum(g_BHNCX, "inclusive")
         P_BHNRS = _intra_scalar(q_BHNCK, k_BHNCK, b_BHNCX[..., 0], same_BNRS)
@@ -153,6 +156,22 @@ def chunk_terms(x: Chunked, masks: Masks | None) -> Terms:
     # Queries decayed from the chunk start; those in a new segment must not see the carried state.
     q_decay_BHNCK = q_BHNCK * over_keys(jnp.exp(b_BHNCX))
     q_decay_BHNCK = _where(masks and masks.reads_state_BNC, q_decay_BHNCK)
+    return Terms(o_intra_BHNCV, q_decay_BHNCK, a_BHNX, dS_BHNKV)
+
+
+def _terms_without_gate(
+    q_BHNCK: jax.Array, k_BHNCK: jax.Array, v_BHNCV: jax.Array, masks: Masks | None
+) -> Terms:
+    """`chunk_terms` with every decay 1: a causal mask instead of a decay matrix."""
+    B, H, N, C, _ = q_BHNCK.shape
+    causal_BHNRS = _pair_mask(jnp.tril(jnp.ones((C, C), bool)), masks and masks.same_seg_BNRS)
+    qk_BHNRS = jnp.einsum("bhnrk,bhnsk->bhnrs", q_BHNCK, k_BHNCK)
+    P_BHNRS = jnp.where(causal_BHNRS, qk_BHNRS, 0.0)
+    o_intra_BHNCV = jnp.einsum("bhnrs,bhnsv->bhnrv", P_BHNRS, v_BHNCV)
+    k_BHNCK = _where(masks and masks.in_last_seg_BNC, k_BHNCK)
+    dS_BHNKV = jnp.einsum("bhnck,bhncv->bhnkv", k_BHNCK, v_BHNCV)
+    a_BHNX = _where(masks and masks.keeps_state_BN, jnp.ones((B, H, N, 1), _F32))
+    q_decay_BHNCK = _where(masks and masks.reads_state_BNC, q_BHNCK)
     return Terms(o_intra_BHNCV, q_decay_BHNCK, a_BHNX, dS_BHNKV)
 
 

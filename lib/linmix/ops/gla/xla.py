@@ -48,7 +48,7 @@ def gla_chunked(
     """Causal chunked form. Returns (o [B, T, H, V] fp32, final state [B, H, K, V] fp32)."""
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
-    g_BTHX = chunks.gate_BTHX(g, q_BTHK.shape)
+    g_BTHX = None if g is None else chunks.gate_BTHX(g, q_BTHK.shape)
     if initial_state is None:
         initial_state = jnp.zeros((B, H, K, V), _F32)
     C = chunks.chunk_length(T, chunk_size)
@@ -72,14 +72,16 @@ def _chunked_fwd(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
     o_inter_BHNCV = jnp.einsum("bhnck,bhnkv->bhncv", terms.q_decay_BHNCK, S_BHNKV)
     o_BHNCV = scale * (terms.o_intra_BHNCV + o_inter_BHNCV)
     out = chunks.from_chunks(o_BHNCV, q_BTHK.shape[1]), S_final_BHKV
-    dtypes = tuple(jnp.zeros((), x.dtype) for x in (q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV))
-    saved = (x, masks) if g_BTHX.shape[-1] > 1 else terms_vjp
+    dtypes = tuple(jnp.zeros((), x.dtype) for x in (q_BTHK, k_BTHK, v_BTHV, S0_BHKV))
+    gate_dtype = None if g_BTHX is None else jnp.zeros((), g_BTHX.dtype)
+    saved = (x, masks) if g_BTHX is not None and g_BTHX.shape[-1] > 1 else terms_vjp
     residuals = (saved, terms.q_decay_BHNCK, terms.a_BHNX, terms.dS_BHNKV, S0_BHKV, dtypes)
+    residuals = (*residuals, gate_dtype)
     return out, residuals
 
 
 def _chunked_bwd(scale, C, residuals, cotangents):
-    saved, q_decay_BHNCK, a_BHNX, dS_BHNKV, S0_BHKV, dtypes = residuals
+    saved, q_decay_BHNCK, a_BHNX, dS_BHNKV, S0_BHKV, dtypes, gate_dtype = residuals
     if isinstance(saved, tuple):
         x, masks = saved
         _, terms_vjp = jax.vjp(lambda x: chunks.chunk_terms(x, masks), x)
@@ -114,8 +116,11 @@ def _chunked_bwd(scale, C, residuals, cotangents):
     )
     (dx,) = terms_vjp(d_terms)
     T = do_BTHV.shape[1]
-    grads = [chunks.from_chunks(d, T).astype(p.dtype) for d, p in zip(dx, dtypes, strict=False)]
-    return (*grads, lam0_BHKV.astype(dtypes[4].dtype), None)
+    dq, dk, dv = (
+        chunks.from_chunks(d, T).astype(p.dtype) for d, p in zip(dx[:3], dtypes[:3], strict=True)
+    )
+    dg = None if gate_dtype is None else chunks.from_chunks(dx[3], T).astype(gate_dtype.dtype)
+    return dq, dk, dv, dg, lam0_BHKV.astype(dtypes[3].dtype), None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
