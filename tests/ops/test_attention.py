@@ -8,18 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import rel_err
 
 from linmix.ops.attention import attention
 
 B, T, D = 2, 24, 8
 TOL = 1e-4
-
-
-def rel_err(a: jax.Array, b: jax.Array) -> float:
-    """Relative RMS error ||a - b|| / ||b||."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @functools.cache

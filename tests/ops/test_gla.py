@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import rel_err
 
 from linmix.ops.gla import gla
 
@@ -16,13 +17,6 @@ FP32_TOL = 1e-4
 # bf16 inputs vs the fp32 oracle on the unrounded inputs: bf16 keeps ~3 significant digits, so
 # input and output rounding alone give ~1e-2 relative error; the engine itself computes in fp32.
 BF16_TOL = 2e-2
-
-
-def rel_err(a: jax.Array, b: jax.Array) -> float:
-    """Relative RMS error ||a - b|| / ||b||."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 @functools.cache

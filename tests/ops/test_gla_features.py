@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import rel_err
 
 from linmix.ops.gla import gla
 from linmix.ops.gla.features import (
@@ -21,13 +22,6 @@ from linmix.ops.gla.features import (
 
 B, T, H, K, V = 2, 24, 2, 8, 12
 FP32_TOL = 1e-4
-
-
-def rel_err(a, b) -> float:
-    """Relative RMS error ||a - b|| / ||b||."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def normal(seed: int, shape: tuple[int, ...], std: float = 1.0) -> jax.Array:

@@ -10,17 +10,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numerics import rel_err
 
 from linmix.ops.gla import features, gla, gla_step
 from linmix.ops.gla.scan import MAX_STATE_BYTES
 
 FP32_TOL = 1e-4
-
-
-def rel_err(a: jax.Array, b: jax.Array) -> float:
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def random_problem(rng: np.random.Generator, B, T, H, K, V, gate, strength=1.0, n_segments=1):

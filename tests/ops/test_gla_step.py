@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import rel_err
 
 from linmix.ops.gla import gla
 from linmix.ops.gla.step import gla_step
@@ -20,13 +21,6 @@ BF16_TOL = 2e-2
 # bf16 step loop vs bf16 chunked gla on the same rounded inputs: both compute in fp32, so they
 # differ by little more than the final bf16 rounding of o (~2^-9 relative per element).
 BF16_SAME_INPUT_TOL = 1e-2
-
-
-def rel_err(a: jax.Array, b: jax.Array) -> float:
-    """Relative RMS error ||a - b|| / ||b||."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 @functools.cache
