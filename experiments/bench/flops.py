@@ -23,6 +23,15 @@ Per head, forward, T tokens (T rounded up to whole chunks for the chunked form):
   forms): 4*T*K*V (state write k_t^T v_t plus the add: 2*K*V, read q_t S_t: 2*K*V per token).
   The parallel associative scan executes roughly twice this (its combine tree), which is counted
   as its overhead, not as useful work.
+- Chunked delta rule, chunk C (`linmix.ops.delta`, WY/UT form): per chunk K K^T, Q K^T and
+  P W (2*C*C*K each), the triangular solve applied to [K | V] (C*C*(K+V)), W and U from it
+  (2*C*C*(K+V)), P U (2*C*C*V); per token the state read and write through W, Q and Kd
+  (6*K*V) and the chunk transition Kd^T W (2*K*K); per chunk the K x K by K x V transition
+  product (2*K*K*V). The gate adds only elementwise work.
+- Per-token delta rule (`delta_scan`): k_t S, the rank-1 update and q_t S_t: 6*T*K*V.
+- Selective scan (Mamba-1, class E) over D channels with N state elements, every form: no
+  contraction at all; per token and (channel, state) element the decay multiply, the input
+  product Δ B x (2), the add and the output multiply-add C h (2): 6*T*D*N. exp is not counted.
 - Causal softmax attention (`attention`): 2*T*T*(K+V) / 2 = T*T*(K+V) (Q K^T and P V over the
   causal half of the T x T scores). XLA on CPU computes the full square, i.e. twice this.
 - Dense matmul [M, N] x [N, P]: 2*M*N*P (`matmul`).
@@ -58,6 +67,24 @@ def gla_scan(B: int, T: int, H: int, K: int, V: int) -> int:
     return B * H * 4 * T * K * V
 
 
+def delta_chunked(B: int, T: int, H: int, K: int, V: int, *, chunk_size: int = 64) -> int:
+    """Forward FLOPs of the chunked delta rule (see the module docstring)."""
+    C, Tp = _chunk(T, chunk_size)
+    per_chunk = 2 * C * C * (3 * K + V) + C * C * (K + V) + 2 * C * C * (K + V) + 2 * K * K * V
+    per_token = 6 * K * V + 2 * K * K
+    return B * H * ((Tp // C) * per_chunk + Tp * per_token)
+
+
+def delta_scan(B: int, T: int, H: int, K: int, V: int) -> int:
+    """Forward FLOPs of the per-token delta rule."""
+    return B * H * 6 * T * K * V
+
+
+def selective_scan(B: int, T: int, D: int, N: int) -> int:
+    """Forward FLOPs of the Mamba-1 selective scan (all forms)."""
+    return B * 6 * T * D * N
+
+
 def attention(B: int, T: int, H: int, K: int, V: int, *, causal: bool = True) -> int:
     """Forward FLOPs of softmax attention (causal: half of the T x T scores)."""
     full = 2 * T * T * (K + V)
@@ -76,35 +103,14 @@ def with_backward(fwd_flops: int, pass_: str) -> int:
     return fwd_flops if pass_ == "fwd" else 3 * fwd_flops
 
 
-def op_flops(
-    form: str,
-    pass_: str,
-    *,
-    B: int,
-    T: int,
-    H: int,
-    K: int,
-    V: int,
-    gate: str,
-    chunk_size: int,
-) -> int:
-    """FLOPs of one benchmark case. form: 'reference', 'associative_scan', 'xla', 'attention'."""
-    if form == "xla":
-        fwd = gla_chunked(B, T, H, K, V, chunk_size=chunk_size, gate=gate)
-    elif form in ("reference", "associative_scan"):
-        fwd = gla_scan(B, T, H, K, V)
-    elif form == "attention":
-        fwd = attention(B, T, H, K, V, causal=True)
-    else:
-        raise ValueError(f"unknown form {form!r}")
-    return with_backward(fwd, pass_)
-
-
 if __name__ == "__main__":
     B, H, K, V = 1, 4, 64, 64
     for T in (1024, 4096, 16384, 65536):
         counts = {
-            form: op_flops(form, "fwd", B=B, T=T, H=H, K=K, V=V, gate="scalar", chunk_size=64)
-            for form in ("xla", "reference", "attention")
+            "gla xla": gla_chunked(B, T, H, K, V, gate="scalar"),
+            "gla scan": gla_scan(B, T, H, K, V),
+            "delta xla": delta_chunked(B, T, H, K, V),
+            "selective": selective_scan(B, T, H * V, 16),
+            "attention": attention(B, T, H, K, V),
         }
         print(f"T={T}: " + ", ".join(f"{f} {c / 1e9:.2f} GFLOP" for f, c in counts.items()))

@@ -1,13 +1,14 @@
-"""CPU benchmark: gated linear attention (per-token scan, associative scan, chunked XLA) and
+"""CPU benchmark of every engine's forms (per-token scan, associative scan, chunked) and of
 softmax attention, forward and forward+backward.
 
-    python experiments/bench/ops.py                    # full default run (results/ops_cpu.json)
+    python experiments/bench/ops.py --gate none scalar vector delta gated_delta selective
     python experiments/bench/ops.py --T 256 512 --repeats 2 --json /tmp/ops.json     # smoke
 
-Cases run T by T (smallest first), so the headline sizes finish before the largest. Each case
-gets fresh random inputs (q, k, v ~ N(0, 1); log-decay g = log_sigmoid(N(0, 1)) / 16 < 0), is
-compiled, warmed up, then timed `--repeats` times with block_until_ready; the median is reported.
-fwd+bwd is the gradient of sum(o * ct) w.r.t. q, k, v (and g) for a fixed random cotangent ct.
+`--gate` picks gate kinds (`engines.py`: engine L none/scalar/vector, engine Δ delta/gated_delta,
+the selective scan 'selective'). Cases run T by T (smallest first), so the headline sizes finish
+before the largest. Each case gets fresh random inputs (`engines.py` says which), is compiled,
+warmed up, then timed `--repeats` times with block_until_ready; the median is reported. fwd+bwd
+is the gradient of sum(o * ct) w.r.t. every input of the op for a fixed random cotangent ct.
 Peak memory is temp + argument + output bytes of the compiled executable's memory_analysis().
 FLOP counts come from `flops.py` (conventions there) and are reported as a fraction of the
 FLOP/s of a dense fp32 matmul measured in the same run (the better of a start and an end run).
@@ -22,6 +23,7 @@ scan refuses a per-token state that is too big).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -32,15 +34,12 @@ import sys
 import time
 from pathlib import Path
 
+import engines
 import flops
 import jax
 import jax.numpy as jnp
 import jaxlib
 
-from linmix.ops.attention import attention
-from linmix.ops.gla import gla
-
-FORMS = ("reference", "associative_scan", "xla", "attention")
 PASSES = flops.PASSES
 GIB = 1 << 30
 MIB = 1 << 20
@@ -55,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--H", type=int, default=4)
     p.add_argument("--K", type=int, default=64)
     p.add_argument("--V", type=int, default=64)
-    p.add_argument("--gate", nargs="+", choices=flops.GATES, default=["scalar"])
-    p.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
+    p.add_argument("--gate", nargs="+", choices=list(engines.KINDS), default=["scalar"])
+    p.add_argument("--forms", nargs="+", choices=engines.ALL_FORMS, default=engines.ALL_FORMS)
+    p.add_argument("--ssm-state", type=int, default=16, help="state size N of 'selective'")
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2, help="untimed calls (at least 1)")
@@ -129,38 +129,27 @@ def measure_matmul(n: int, args: argparse.Namespace, key: jax.Array) -> dict:
     return {"n": n, "ms": median_s * 1e3, "flops_per_s": flops_per_s}
 
 
-def make_inputs(key: jax.Array, form: str, gate: str, args: argparse.Namespace, T: int):
-    """(diff_inputs, ct): q, k, v (and g for gated GLA) and a fixed random output cotangent."""
-    B, H, K, V = args.B, args.H, args.K, args.V
-    q_key, k_key, v_key, g_key, ct_key = jax.random.split(key, 5)
-    q_BTHK = jax.random.normal(q_key, (B, T, H, K), jnp.float32)
-    k_BTHK = jax.random.normal(k_key, (B, T, H, K), jnp.float32)
-    v_BTHV = jax.random.normal(v_key, (B, T, H, V), jnp.float32)
-    ct_BTHV = jax.random.normal(ct_key, (B, T, H, V), jnp.float32)
-    diff = (q_BTHK, k_BTHK, v_BTHV)
-    if form != "attention" and gate != "none":
-        g_shape = (B, T, H) if gate == "scalar" else (B, T, H, K)
-        g = jax.nn.log_sigmoid(jax.random.normal(g_key, g_shape, jnp.float32)) / 16
-        diff += (g,)
-    return diff, ct_BTHV
-
-
-def make_fn(form: str, pass_: str, chunk_size: int):
-    """The jittable function of one case: fwd(*diff) -> o, or fwd+bwd(ct, *diff) -> grads."""
-
-    def forward(q, k, v, g=None):
-        if form == "attention":
-            return attention(q, k, v, causal=True, implementation="xla")
-        return gla(q, k, v, g, chunk_size=chunk_size, implementation=form)[0]
-
-    if pass_ == "fwd":
-        return forward
+def make_case(row: dict, args: argparse.Namespace, key: jax.Array):
+    """(jittable fn, inputs) of one case: fwd(*x) -> o, or fwd+bwd(ct, *x) -> grads of every x."""
+    shape = engines.Shape(args.B, args.H, args.K, args.V, args.ssm_state)
+    in_key, ct_key = jax.random.split(key)
+    if row["form"] == "attention":
+        diff = engines.attention_inputs(in_key, row["T"], shape)
+        forward = engines.attention_forward(row["form"], args.chunk_size)
+    else:
+        kind = engines.KINDS[row["gate"]]
+        diff = kind.inputs(in_key, row["T"], shape)
+        forward = kind.forward(row["form"], args.chunk_size)
+    if row["pass"] == "fwd":
+        return forward, diff
+    out = jax.eval_shape(forward, *diff)
+    ct = jax.random.normal(ct_key, out.shape, out.dtype)
 
     def forward_backward(ct, *diff):
         loss = lambda *d: jnp.sum(forward(*d) * ct)
         return jax.grad(loss, argnums=tuple(range(len(diff))))(*diff)
 
-    return forward_backward
+    return forward_backward, (ct, *diff)
 
 
 def memory_bytes(compiled) -> dict:
@@ -219,9 +208,7 @@ def precheck(row: dict, args: argparse.Namespace, done: dict, too_slow: dict) ->
 def run_case(row: dict, args: argparse.Namespace, key: jax.Array) -> dict:
     """Fills row with timings and memory, or with 'skipped'. Never raises (except Ctrl-C)."""
     try:
-        diff, ct = make_inputs(key, row["form"], row["gate"], args, row["T"])
-        fn = make_fn(row["form"], row["pass"], args.chunk_size)
-        inputs = diff if row["pass"] == "fwd" else (ct, *diff)
+        fn, inputs = make_case(row, args, key)
         t0 = time.perf_counter()
         try:
             compiled = jax.jit(fn).lower(*inputs).compile()
@@ -269,13 +256,14 @@ def summary(rows: list[dict], gates: list[str]) -> list[dict]:
     """The headline ratios of this run, one set per gate kind."""
     out = []
     for g in gates:
+        c = engines.KINDS[g].chunked
         checks = [
             ("(a) reference fwd+bwd / chunked fwd+bwd, T=4096", ">= 20x", lambda r: r >= 20,
-             (g, "reference", "fwd+bwd", 4096), (g, "xla", "fwd+bwd", 4096)),
+             (g, "reference", "fwd+bwd", 4096), (g, c, "fwd+bwd", 4096)),
             ("(b) chunked fwd+bwd T=16384 / T=4096", "<= 4.5x", lambda r: r <= 4.5,
-             (g, "xla", "fwd+bwd", 16384), (g, "xla", "fwd+bwd", 4096)),
+             (g, c, "fwd+bwd", 16384), (g, c, "fwd+bwd", 4096)),
             ("(c) softmax attention fwd+bwd / chunked fwd+bwd, T=8192", "> 1x", lambda r: r > 1,
-             ("-", "attention", "fwd+bwd", 8192), (g, "xla", "fwd+bwd", 8192)),
+             ("-", "attention", "fwd+bwd", 8192), (g, c, "fwd+bwd", 8192)),
         ]  # fmt: skip
         for name, target, ok, num, den in checks:
             value, missing = ratio(rows, num, den)
@@ -293,7 +281,8 @@ def markdown(result: dict) -> str:
         f"{result['machine']['cpus_usable']} CPUs)",
         "",
         f"B={result['shapes']['B']} H={result['shapes']['H']} K={result['shapes']['K']} "
-        f"V={result['shapes']['V']} chunk={result['shapes']['chunk_size']}, fp32, median of "
+        f"V={result['shapes']['V']} chunk={result['shapes']['chunk_size']} (selective scan: "
+        f"H*V channels, N={result['shapes']['ssm_state']}), fp32, median of "
         f"{result['config']['repeats']}; matmul ceiling {ceiling / 1e9:.1f} GFLOP/s "
         f"({result['config']['matmul_n']}^2 fp32)",
         "",
@@ -321,25 +310,29 @@ def markdown(result: dict) -> str:
 
 def cases(args: argparse.Namespace):
     """Benchmark rows in run order: T ascending (the headline sizes finish before the largest),
-    then gate, form, pass. Attention has no gate: it runs once per T, with gate '-'."""
+    then gate kind, form, pass. Attention has no gate: it runs once per T, with gate '-'."""
+    shape = engines.Shape(args.B, args.H, args.K, args.V, args.ssm_state)
     for T in sorted(args.T):
-        for gate in args.gate:
-            for form in args.forms:
-                if form == "attention" and gate != args.gate[0]:
-                    continue
-                for pass_ in PASSES:
-                    shape = dict(B=args.B, T=T, H=args.H, K=args.K, V=args.V)
-                    count = flops.op_flops(
-                        form, pass_, gate=gate, chunk_size=args.chunk_size, **shape
-                    )
-                    yield {
-                        "gate": "-" if form == "attention" else gate,
-                        "form": form,
-                        "pass": pass_,
-                        **shape,
-                        "chunk_size": args.chunk_size,
-                        "flops": count,
-                    }
+        runs = [(g, f) for g in args.gate for f in engines.KINDS[g].forms if f in args.forms]
+        if "attention" in args.forms:
+            runs.append(("-", "attention"))
+        for gate, form in runs:
+            if form == "attention":
+                engine, fwd = "attention", flops.attention(args.B, T, args.H, args.K, args.V)
+            else:
+                kind = engines.KINDS[gate]
+                engine, fwd = kind.engine, kind.fwd_flops(form, T, shape, args.chunk_size)
+            for pass_ in PASSES:
+                yield {
+                    "engine": engine,
+                    "gate": gate,
+                    "form": form,
+                    "pass": pass_,
+                    **dataclasses.asdict(shape),
+                    "T": T,
+                    "chunk_size": args.chunk_size,
+                    "flops": flops.with_backward(fwd, pass_),
+                }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -353,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             "H": args.H,
             "K": args.K,
             "V": args.V,
+            "ssm_state": args.ssm_state,
             "chunk_size": args.chunk_size,
             "dtype": "float32",
         },

@@ -1,0 +1,146 @@
+"""Public entry point for the Mamba-1 selective scan: input validation and dispatch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linmix.ops.ssm import chunked, common, reference, scan
+
+IMPLEMENTATIONS = ("chunked", "associative_scan", "reference")
+_FORMS = {
+    "chunked": chunked.selective_scan_chunked,
+    "associative_scan": scan.selective_scan_associative,
+    "reference": reference.selective_scan_reference,
+}
+
+
+def selective_scan(
+    x: jax.Array,
+    dt: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    D: jax.Array | None = None,
+    z: jax.Array | None = None,
+    *,
+    dt_bias: jax.Array | None = None,
+    dt_softplus: bool = True,
+    initial_state: jax.Array | None = None,
+    output_final_state: bool = False,
+    segment_ids: jax.Array | None = None,
+    chunk_size: int = 64,
+    implementation: str | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Selective state-space scan (Mamba-1 S6), per inner channel d and state element n:
+
+        delta_t = softplus(dt_t + dt_bias)   (dt_t + dt_bias if dt_softplus is False)
+        h_t[d, n] = exp(delta_t[d] A[d, n]) h_{t-1}[d, n] + delta_t[d] B_t[n] x_t[d]
+        y_t[d] = (sum_n C_t[n] h_t[d, n] + D[d] x_t[d]) * silu(z_t[d])
+
+    Args:
+      x: [B, T, Dc] input (Dc inner channels).
+      dt: [B, T, Dc] raw step sizes.
+      A: [Dc, N] continuous-time state matrix (diagonal per channel; negative reals, e.g.
+        -exp(A_log)).
+      B, C: [B, T, N], or [B, T, G, N] grouped: channel d uses group d // (Dc / G).
+      D: [Dc] skip connection, or None.
+      z: [B, T, Dc] output gate (multiplies by silu(z)), or None.
+      dt_bias: [Dc] added to dt before the softplus, or None.
+      dt_softplus: apply softplus to dt + dt_bias (the Mamba parameterisation).
+      initial_state: [B, Dc, N], any float dtype (used in fp32); feeds the first segment only.
+      output_final_state: return the fp32 [B, Dc, N] state after the last token (the state of
+        the last segment).
+      segment_ids: [B, T] integers, non-decreasing along T (packed documents). The state is reset
+        to zero wherever the id changes, so tokens only see their own document.
+      chunk_size: chunk length of the chunked form; a positive power of two.
+      implementation: None or 'chunked' (default: `lax.scan` over chunks with an associative scan
+        inside each, rematerialised, so the backward keeps one state per chunk),
+        'associative_scan' (one parallel prefix scan over per-token states: small problems only,
+        refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan, the oracle).
+        The first two define reverse-mode gradients only (a custom VJP of the linear
+        recurrence); forward-mode AD (`jax.jvp`) needs 'reference'.
+
+    Returns:
+      (y, final_state): y [B, T, Dc] in x.dtype (all math in fp32); final_state [B, Dc, N] fp32,
+      or None when output_final_state is False.
+    """
+    impl = "chunked" if implementation is None else implementation
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
+    _validate(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, chunk_size)
+    Bt, T, Dc = x.shape
+    if initial_state is None:
+        initial_state = jnp.zeros((Bt, Dc, A.shape[1]), common.F32)
+    extra = {"chunk_size": chunk_size} if impl == "chunked" else {}
+    y_BTD, h_BDN = _FORMS[impl](
+        x,
+        common.delta(dt, dt_bias, dt_softplus),
+        A,
+        common.grouped(B, x),
+        common.grouped(C, x),
+        h0_BDN=initial_state,
+        starts_BT=common.segment_starts(segment_ids, Bt, T),
+        **extra,
+    )
+    return common.finish(y_BTD, x, D, z), (h_BDN if output_final_state else None)
+
+
+def _validate(
+    x: jax.Array,
+    dt: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    D: jax.Array | None,
+    z: jax.Array | None,
+    dt_bias: jax.Array | None,
+    initial_state: jax.Array | None,
+    segment_ids: jax.Array | None,
+    chunk_size: int,
+) -> None:
+    """Static shape/dtype checks only: values (A < 0, sorted ids) can't be checked under jit."""
+    if x.ndim != 3:
+        raise ValueError(f"x must have rank 3 [B, T, Dc], got shape {x.shape}")
+    Bt, T, Dc = x.shape
+    if dt.shape != x.shape:
+        raise ValueError(f"dt must have the shape of x {x.shape} ([B, T, Dc]), got {dt.shape}")
+    if A.ndim != 2 or A.shape[0] != Dc:
+        raise ValueError(f"A must be [Dc, N] with Dc = {Dc}, got shape {A.shape}")
+    if not jnp.issubdtype(A.dtype, jnp.floating):
+        raise ValueError(f"A must have a real float dtype (negative reals), got {A.dtype}")
+    N = A.shape[1]
+    if B.ndim not in (3, 4) or B.shape[:2] != (Bt, T) or B.shape[-1] != N:
+        raise ValueError(
+            f"B must be [B, T, N] or [B, T, G, N] with B={Bt}, T={T}, N={N} (N from A), "
+            f"got {B.shape}"
+        )
+    if C.shape != B.shape:
+        raise ValueError(f"C must have the shape of B {B.shape}, got {C.shape}")
+    if B.ndim == 4 and Dc % B.shape[2]:
+        raise ValueError(f"Dc = {Dc} must be divisible by the number of groups G = {B.shape[2]}")
+    for name, p in (("D", D), ("dt_bias", dt_bias)):
+        if p is not None and p.shape != (Dc,):
+            raise ValueError(f"{name} must be [Dc] = ({Dc},), got {p.shape}")
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"z must have the shape of x {x.shape} ([B, T, Dc]), got {z.shape}")
+    if initial_state is not None:
+        if initial_state.shape != (Bt, Dc, N):
+            raise ValueError(
+                f"initial_state must be [B, Dc, N] = {(Bt, Dc, N)}, got {initial_state.shape}"
+            )
+        if not jnp.issubdtype(initial_state.dtype, jnp.floating):
+            raise ValueError(f"initial_state must have a float dtype, got {initial_state.dtype}")
+    if segment_ids is not None:
+        if segment_ids.shape != (Bt, T):
+            raise ValueError(f"segment_ids must be [B, T] = {(Bt, T)}, got {segment_ids.shape}")
+        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int | np.integer)
+        or chunk_size <= 0
+        or chunk_size & (chunk_size - 1)
+    ):
+        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")

@@ -1,0 +1,338 @@
+"""Gated delta rule: the chunked form vs the per-token oracle, semantics and validation."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numerics import rel_err
+
+from linmix.ops.delta import delta_rule, l2_normalize
+
+B, H, K, V = 2, 2, 16, 24
+FP32_TOL = 1e-4
+# bf16 inputs vs the fp32 oracle on the unrounded inputs: bf16 keeps ~3 significant digits, so
+# input and output rounding alone give ~1e-2 relative error; the engine itself computes in fp32.
+BF16_TOL = 2e-2
+# Write strengths: the usual sigmoid range, saturated writes (the transition I - beta k^T k is
+# then nearly a projection), and beta in (1, 2) (negative eigenvalues, DeltaNet's allow_neg_eigval).
+BETAS = {"usual": (0.05, 0.95), "near_one": (0.99, 1.0), "above_one": (1.0, 1.9)}
+
+
+@functools.cache
+def _noise(seed: int) -> np.ndarray:
+    """Standard normals from a fixed jax.random key, cut into test tensors on the host: sampling
+    every shape in JAX would compile a new sampler per shape and dominate the suite's runtime."""
+    return np.asarray(jax.random.normal(jax.random.key(seed), (6, 1 << 15)))
+
+
+def normal(seed: int, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+    return _noise(seed)[slot, : int(np.prod(shape))].reshape(shape)
+
+
+def make_inputs(
+    T: int,
+    gated: bool,
+    *,
+    strength: float = 1.0,
+    betas: str = "usual",
+    seed: int = 0,
+) -> dict[str, jax.Array | None]:
+    """Random q/k/v (raw: the tests pass use_qk_l2norm=True unless they normalise k themselves),
+    beta in the named range, a log-decay in about [-1.4, -0.6] * strength, an initial state."""
+    lo, hi = BETAS[betas]
+    beta = lo + (hi - lo) / (1.0 + np.exp(-normal(seed, 3, (B, T, H))))
+    g = None
+    if gated:
+        g = jnp.asarray(-strength * (1.0 + 0.4 * np.tanh(normal(seed, 4, (B, T, H)))), jnp.float32)
+    return dict(
+        q=jnp.asarray(normal(seed, 0, (B, T, H, K)), jnp.float32),
+        k=jnp.asarray(normal(seed, 1, (B, T, H, K)), jnp.float32),
+        v=jnp.asarray(normal(seed, 2, (B, T, H, V)), jnp.float32),
+        beta=jnp.asarray(beta, jnp.float32),
+        g=g,
+        initial_state=jnp.asarray(normal(seed, 5, (B, H, K, V)), jnp.float32),
+    )
+
+
+def segments_from_starts(T: int, starts_per_row: list[list[int]]) -> jax.Array:
+    """[B, T] int32 segment ids, a new segment beginning at each listed position."""
+    rows = []
+    for starts in starts_per_row:
+        marks = np.zeros(T, np.int32)
+        marks[[s for s in starts if 0 < s < T]] = 1
+        rows.append(np.cumsum(marks))
+    return jnp.asarray(np.stack(rows))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("implementation", "chunk_size", "final", "use_qk_l2norm")
+)
+def run_with_grads(
+    inputs, segment_ids, cotangents, *, implementation, chunk_size, final, use_qk_l2norm
+):
+    """Outputs and input gradients (via vjp with fixed cotangents) of one configuration."""
+    diff_args = {name: x for name, x in inputs.items() if x is not None}
+
+    def f(args):
+        o, S = delta_rule(
+            args["q"],
+            args["k"],
+            args["v"],
+            args["beta"],
+            args.get("g"),
+            initial_state=args.get("initial_state"),
+            output_final_state=final,
+            segment_ids=segment_ids,
+            chunk_size=chunk_size,
+            use_qk_l2norm=use_qk_l2norm,
+            implementation=implementation,
+        )
+        return (o, S) if final else (o,)
+
+    outs, vjp = jax.vjp(f, diff_args)
+    (grads,) = vjp(cotangents[: len(outs)])
+    return outs, grads
+
+
+def compare(
+    inputs: dict[str, jax.Array | None],
+    *,
+    segment_ids: jax.Array | None = None,
+    chunk_size: int = 16,
+    final: bool = True,
+    use_qk_l2norm: bool = True,
+    tol: float = FP32_TOL,
+) -> None:
+    """Assert chunked == reference for outputs and all gradients, and that all are finite."""
+    T = inputs["q"].shape[1]
+    cotangents = tuple(
+        jnp.asarray(normal(99, i, s)) for i, s in enumerate([(B, T, H, V), (B, H, K, V)])
+    )
+    kwargs = dict(segment_ids=segment_ids, cotangents=cotangents, final=final)
+    kwargs.update(use_qk_l2norm=use_qk_l2norm)
+    got = run_with_grads(inputs, implementation="xla", chunk_size=chunk_size, **kwargs)
+    want = run_with_grads(inputs, implementation="reference", chunk_size=16, **kwargs)
+    for name, a, b in zip(("o", "final_state")[: len(want[0])], got[0], want[0], strict=True):
+        assert np.isfinite(np.asarray(a, np.float32)).all(), name
+        assert rel_err(a, b) < tol, (name, rel_err(a, b))
+    for name in want[1]:
+        a, b = got[1][name], want[1][name]
+        assert np.isfinite(np.asarray(a, np.float32)).all(), f"grad {name}"
+        assert rel_err(a, b) < tol, (f"grad {name}", rel_err(a, b))
+
+
+@pytest.mark.parametrize(
+    ("T", "gated"),
+    [(1, False), (1, True), (63, True), (64, False), (65, True), (200, False), (200, True)],
+)
+def test_matches_reference(T: int, gated: bool) -> None:
+    compare(make_inputs(T, gated), chunk_size=16)
+
+
+@pytest.mark.parametrize(("chunk_size", "gated"), [(32, True), (64, False), (128, True)])
+def test_chunk_sizes_match_reference(chunk_size: int, gated: bool) -> None:
+    """T = 200 is 1 5/8 chunks of 128 and 6 1/4 of 32; segment starts on and off chunk edges."""
+    T = 200
+    segment_ids = segments_from_starts(T, [[1, 32, 50, 128, 199], [100]])
+    compare(make_inputs(T, gated, seed=1), segment_ids=segment_ids, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize(("chunk_size", "gated"), [(16, True), (64, False)])
+def test_segments_match_reference(chunk_size: int, gated: bool) -> None:
+    T = 130
+    # Boundaries at chunk edges (16, 32, 64, 128), one token in (1), a one-token last segment
+    # (129), and a row whose whole second half is a single segment.
+    segment_ids = segments_from_starts(T, [[1, 16, 20, 32, 64, 128, 129], [5, 65]])
+    compare(make_inputs(T, gated, seed=2), segment_ids=segment_ids, chunk_size=chunk_size)
+
+
+def _random_segments(T: int) -> jax.Array:
+    segment_ids = jnp.sort(jax.random.randint(jax.random.key(7), (B, T), 0, 6), axis=1)
+    assert len(np.unique(segment_ids[0])) > 2
+    return segment_ids
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_gate_strengths_and_betas(gated: bool) -> None:
+    """No decay, or weak (~-0.01 per step) and strong decay (~-5 per step: every decay across a
+    chunk underflows), each with usual, saturated and negative-eigenvalue write strengths, over
+    random packed segments. (One test per gate kind: the cases share one compilation.)"""
+    T = 65
+    for strength in [0.01, 5.0] if gated else [1.0]:
+        for betas in BETAS:
+            inputs = make_inputs(T, gated, strength=strength, betas=betas, seed=3)
+            try:
+                compare(inputs, segment_ids=_random_segments(T), chunk_size=16)
+            except AssertionError as e:
+                raise AssertionError(f"strength={strength}, betas={betas}: {e}") from e
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_normalised_keys_without_in_op_norm(gated: bool) -> None:
+    """use_qk_l2norm=False with keys normalised by the caller (q left raw)."""
+    T = 65
+    inputs = make_inputs(T, gated, seed=4)
+    inputs["k"] = l2_normalize(inputs["k"])
+    compare(inputs, segment_ids=_random_segments(T), chunk_size=16, use_qk_l2norm=False)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_no_state_matches_reference(gated: bool) -> None:
+    inputs = {**make_inputs(130, gated, seed=5), "initial_state": None}
+    compare(inputs, chunk_size=64, final=False)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_bf16_close_to_fp32_reference(gated: bool) -> None:
+    """bf16 q, k, v, beta, g (fp32 accumulation inside) vs the fp32 oracle: outputs and grads."""
+    T = 65
+    inputs = make_inputs(T, gated, seed=8)
+    cotangent = jnp.asarray(normal(98, 0, (B, T, H, V)))
+    names = ["q", "k", "v", "beta"] + (["g"] if gated else [])
+
+    def loss(args, impl):
+        o, _ = delta_rule(
+            *args, initial_state=inputs["initial_state"], chunk_size=64, use_qk_l2norm=True,
+            implementation=impl,
+        )  # fmt: skip
+        return jnp.sum(o.astype(jnp.float32) * cotangent), o
+
+    args = [inputs[n] for n in names]
+    bf16 = [x.astype(jnp.bfloat16) for x in args]
+    grad_fn = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    grads, o = grad_fn(bf16, "xla")
+    assert o.dtype == jnp.bfloat16 and all(d.dtype == jnp.bfloat16 for d in grads)
+    want_grads, want = grad_fn(args, "reference")
+    assert rel_err(o, want) < BF16_TOL
+    for name, d, w in zip(names, grads, want_grads, strict=True):
+        assert rel_err(d, w) < BF16_TOL, (name, rel_err(d, w))
+
+
+def test_extreme_decay_is_finite() -> None:
+    """g ~ -1e4 per step: every decay underflows to 0, nothing overflows, in fwd and grads. Each
+    step then starts from a zero state: S_t = beta_t k_t^T v_t, o_t = scale beta_t (q_t.k_t) v_t."""
+    T = 40
+    inputs = make_inputs(T, True, strength=1e4, seed=6)
+    args = [inputs[n] for n in ("q", "k", "v", "beta", "g")]
+
+    def loss(*args):
+        o, S = delta_rule(
+            *args, initial_state=inputs["initial_state"], output_final_state=True, chunk_size=64,
+            use_qk_l2norm=True,
+        )  # fmt: skip
+        return jnp.sum(o**2) + jnp.sum(S**2), o
+
+    grads, o = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+    for x in grads:
+        assert np.isfinite(np.asarray(x)).all()
+    q, k = l2_normalize(inputs["q"]), l2_normalize(inputs["k"])
+    qk = jnp.sum(q * k, axis=-1, keepdims=True)
+    diag = K**-0.5 * inputs["beta"][..., None] * qk * inputs["v"]
+    assert rel_err(o, diag) < FP32_TOL
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_packed_equals_separate_documents(gated: bool) -> None:
+    """Packing documents with segment_ids == running each document on its own."""
+    T = 70
+    starts = [0, 9, 16, 50, 51]  # includes a chunk-edge start (16) and a one-token document
+    segment_ids = segments_from_starts(T, [starts] * B)
+    inputs = make_inputs(T, gated, seed=9)
+    q, k, v, beta, g = (inputs[n] for n in ("q", "k", "v", "beta", "g"))
+    S0 = inputs["initial_state"]
+    o, S = jax.jit(
+        functools.partial(delta_rule, output_final_state=True, chunk_size=16, use_qk_l2norm=True)
+    )(q, k, v, beta, g, initial_state=S0, segment_ids=segment_ids)
+    bounds = [*starts, T]
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        o_doc, S_doc = _reference_jit(
+            q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], beta[:, lo:hi],
+            None if g is None else g[:, lo:hi], S0 if i == 0 else None,
+        )  # fmt: skip
+        assert rel_err(o[:, lo:hi], o_doc) < FP32_TOL, (lo, hi)
+    assert rel_err(S, S_doc) < FP32_TOL
+
+
+@jax.jit
+def _reference_jit(q, k, v, beta, g, initial_state):
+    return delta_rule(
+        q, k, v, beta, g, initial_state=initial_state, output_final_state=True,
+        use_qk_l2norm=True, implementation="reference",
+    )  # fmt: skip
+
+
+def test_defaults_and_output_types() -> None:
+    inputs = make_inputs(5, True)
+    q, k, v, beta, g = (inputs[n] for n in ("q", "k", "v", "beta", "g"))
+    jit_rule = jax.jit(delta_rule, static_argnames=("scale", "output_final_state"))
+    o, S = jit_rule(q, k, v, beta, g)
+    assert o.shape == (B, 5, H, V) and o.dtype == jnp.float32 and S is None
+    o16, S = jit_rule(q.astype(jnp.bfloat16), k, v, beta, output_final_state=True)
+    assert o16.dtype == jnp.bfloat16
+    assert S.shape == (B, H, K, V) and S.dtype == jnp.float32
+    # The default scale is K**-0.5.
+    o_scaled, _ = jit_rule(q, k, v, beta, g, scale=K**-0.5)
+    assert rel_err(o, o_scaled) < 1e-7
+    # beta = 0 writes nothing: the state keeps its initial value and o_t = scale q_t S_0.
+    S0 = inputs["initial_state"]
+    o, S = jit_rule(q, k, v, 0 * beta, initial_state=S0, output_final_state=True, scale=0.5)
+    assert rel_err(S, S0) < 1e-7
+    assert rel_err(o, 0.5 * jnp.einsum("bthk,bhkv->bthv", q, S0, precision="highest")) < 1e-6
+
+
+def test_in_op_l2norm_equals_normalised_inputs() -> None:
+    inputs = make_inputs(37, True, seed=10)
+    q, k, v, beta, g = (inputs[n] for n in ("q", "k", "v", "beta", "g"))
+    kw = dict(initial_state=inputs["initial_state"], output_final_state=True, chunk_size=16)
+    rule = jax.jit(functools.partial(delta_rule, **kw), static_argnames=("use_qk_l2norm",))
+    o, S = rule(q, k, v, beta, g, use_qk_l2norm=True)
+    o_want, S_want = rule(l2_normalize(q), l2_normalize(k), v, beta, g)
+    assert rel_err(o, o_want) < 1e-6 and rel_err(S, S_want) < 1e-6
+    assert rel_err(jnp.linalg.norm(l2_normalize(k), axis=-1), jnp.ones((B, 37, H))) < 1e-6
+
+
+def _bad_inputs() -> list[tuple[str, str, dict]]:
+    q = jnp.ones((B, 8, H, K))
+    v = jnp.ones((B, 8, H, V))
+    ok = dict(q=q, k=q, v=v, beta=jnp.ones((B, 8, H)))
+    return [
+        ("rank", "q must have rank 4", dict(ok, q=jnp.ones((B, 8, H * K)))),
+        ("v rank", "v must have rank 4", dict(ok, v=jnp.ones((B, 8, H, V, 1)))),
+        ("k batch", "k must have the shape", dict(ok, k=jnp.ones((B + 1, 8, H, K)))),
+        ("k heads", "k must have the shape", dict(ok, k=jnp.ones((B, 8, H + 1, K)))),
+        ("key dim", "k must have the shape", dict(ok, k=jnp.ones((B, 8, H, K + 1)))),
+        ("v time", "v must be", dict(ok, v=jnp.ones((B, 9, H, V)))),
+        ("beta shape", "beta must be", dict(ok, beta=jnp.ones((B, 8, H, 1)))),
+        ("beta time", "beta must be", dict(ok, beta=jnp.ones((B, 7, H)))),
+        ("g per channel", "g must be", dict(ok, g=jnp.ones((B, 8, H, K)))),
+        ("g rank", "g must be", dict(ok, g=jnp.ones((B, 8)))),
+        ("int q", "q must have a float dtype", dict(ok, q=q.astype(jnp.int32))),
+        ("state shape", "initial_state must be", dict(ok, initial_state=jnp.ones((B, H, V, K)))),
+        ("state dtype", "initial_state must have a float", dict(
+            ok, initial_state=jnp.ones((B, H, K, V), jnp.int32))),
+        ("segment shape", "segment_ids must be", dict(
+            ok, segment_ids=jnp.zeros((B, 7), jnp.int32))),
+        ("segment dtype", "segment_ids must have an integer", dict(
+            ok, segment_ids=jnp.zeros((B, 8), jnp.float32))),
+        ("chunk not pow2", "chunk_size", dict(ok, chunk_size=48)),
+        ("chunk zero", "chunk_size", dict(ok, chunk_size=0)),
+        ("chunk float", "chunk_size", dict(ok, chunk_size=64.0)),
+        ("implementation", "implementation must be one of", dict(ok, implementation="pallas")),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
+def test_validation_errors(case: tuple[str, str, dict]) -> None:
+    _, message, kwargs = case
+    with pytest.raises(ValueError, match=message):
+        delta_rule(**kwargs)
+
+
+def test_unknown_implementation_names_choices() -> None:
+    q = jnp.ones((1, 2, 1, 4))
+    with pytest.raises(ValueError, match="xla"):
+        delta_rule(q, q, q, jnp.ones((1, 2, 1)), implementation="cuda")
