@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numerics import rel_err
 
-from linmix.ops.attention import attention
+from linmix.ops.attention import attention, attention_decode
 
 B, T, D = 2, 24, 8
 TOL = 1e-4
@@ -110,3 +110,37 @@ def _bad_inputs() -> list[tuple[str, dict]]:
 def test_validation_errors(case: tuple[str, dict]) -> None:
     with pytest.raises(ValueError):
         attention(**case[1])
+
+
+@pytest.mark.parametrize("window", [1, 3, 7])
+@pytest.mark.parametrize("implementation", ["xla", "reference"])
+def test_sliding_window_equals_attention_over_the_window(window: int, implementation: str):
+    """Each query under a window of w sees exactly its last w keys: the same output as full
+    causal attention over that slice alone; a window of T is full causal attention."""
+    q, k, v = normal(0, (1, T, 2, D)), normal(1, (1, T, 2, D)), normal(2, (1, T, 2, D))
+    o = attention(q, k, v, window=window, implementation=implementation)
+    for t in (0, window - 1, window, T - 1):
+        lo = max(0, t - window + 1)
+        sliced = attention(q[:, lo : t + 1], k[:, lo : t + 1], v[:, lo : t + 1], causal=True)
+        assert rel_err(o[:, t], sliced[:, -1]) < TOL, t
+    full = attention(q, k, v, window=T, implementation=implementation)
+    assert rel_err(full, attention(q, k, v, implementation=implementation)) < TOL
+
+
+def test_attention_decode_matches_causal_attention():
+    """New queries over a cache filled to start + T equal the matching rows of causal attention."""
+    q, k, v = normal(0, (2, T, 4, D)), normal(1, (2, T, 2, D)), normal(2, (2, T, 2, D))
+    full = attention(q, k, v, window=5)
+    k_cache = jnp.zeros((2, 32, 2, D)).at[:, :T].set(k)
+    v_cache = jnp.zeros((2, 32, 2, D)).at[:, :T].set(v)
+    got = attention_decode(q[:, 10:14], k_cache, v_cache, jnp.asarray(10), window=5)
+    assert rel_err(got, full[:, 10:14]) < TOL
+
+
+@pytest.mark.parametrize("bad", [0, -2])
+def test_window_must_be_positive(bad: int):
+    q = normal(0, (1, 4, 1, D))
+    with pytest.raises(ValueError, match="window"):
+        attention(q, q, q, window=bad)
+    with pytest.raises(ValueError, match="window"):
+        attention(q, q, q, window=2, causal=False)

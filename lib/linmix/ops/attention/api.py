@@ -19,6 +19,7 @@ def attention(
     scale: float | None = None,
     segment_ids: jax.Array | None = None,
     causal: bool = True,
+    window: int | None = None,
     implementation: str | None = None,
 ) -> jax.Array:
     """Softmax self-attention with grouped-query heads and packed-segment masking.
@@ -29,6 +30,7 @@ def attention(
       scale: multiplies the logits; defaults to D**-0.5.
       segment_ids: [B, T] integers; tokens attend only within their own segment.
       causal: restrict query t to keys s <= t.
+      window: sliding window (causal only): query t sees keys t - window < s <= t.
       implementation: None or 'xla' (jax.nn.dot_product_attention, default) or 'reference'.
 
     Returns:
@@ -38,9 +40,11 @@ def attention(
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
     _validate(q, k, v, segment_ids)
+    if window is not None and (not causal or int(window) < 1):
+        raise ValueError(f"window must be a positive int with causal=True, got {window!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     fn = attention_reference if impl == "reference" else attention_xla
-    o_BTHV = fn(q, k, v, scale=scale, segment_ids=segment_ids, causal=causal)
+    o_BTHV = fn(q, k, v, scale=scale, segment_ids=segment_ids, causal=causal, window=window)
     return o_BTHV.astype(q.dtype)
 
 

@@ -18,6 +18,7 @@ def attention_reference(
     scale: float,
     segment_ids: jax.Array | None,
     causal: bool,
+    window: int | None = None,
 ) -> jax.Array:
     """Returns o [B, T, H, V] in fp32. k/v have Hkv heads; query head h reads kv head h // G."""
     B, T, H, D = q_BTHD.shape
@@ -29,7 +30,7 @@ def attention_reference(
     logits_BKGTS = scale * jnp.einsum(
         "btkgd,bskd->bkgts", q_BTKGD, k_BTHD.astype(jnp.float32), precision=_HIGHEST
     )
-    mask_BTS = attention_mask(T, causal=causal, segment_ids=segment_ids)
+    mask_BTS = attention_mask(T, causal=causal, segment_ids=segment_ids, window=window)
     logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, -jnp.inf)
     p_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
     o_BTKGV = jnp.einsum(

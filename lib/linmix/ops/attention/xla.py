@@ -16,6 +16,7 @@ def attention_xla(
     scale: float,
     segment_ids: jax.Array | None,
     causal: bool,
+    window: int | None = None,
 ) -> jax.Array:
     """Returns o [B, T, H, V] in the inputs' common dtype; GQA is handled by the JAX API."""
     T = q_BTHD.shape[1]
@@ -29,7 +30,7 @@ def attention_xla(
         jnp.pad(x.astype(dtype), ((0, 0), (0, 0), (0, 0), (0, width - x.shape[-1])))
         for x in (q_BTHD, k_BTHD, v_BTHV)
     )
-    mask_BTS = attention_mask(T, causal=causal, segment_ids=segment_ids)
+    mask_BTS = attention_mask(T, causal=causal, segment_ids=segment_ids, window=window)
     o_BTHW = jax.nn.dot_product_attention(
         q_BTHW,
         k_BTHW,
