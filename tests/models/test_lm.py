@@ -12,7 +12,9 @@ from linmix.models import LM, REGISTRY, ModelConfig
 
 nnx.set_graph_mode(False)
 
-MIXERS = sorted(REGISTRY)
+# One causal mixer per engine / form: the LM plumbing (scanned units, segments through blocks) is
+# what these tests check; every mixer itself is held to the same properties in test_mixers.py.
+MIXERS = ["alrnn", "attention", "deltanet", "gla", "lssl", "mamba"]
 SMALL = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=2, mlp_ratio=2.0, chunk_size=16)
 
 
@@ -40,8 +42,16 @@ def test_causal_by_gradient(mixer):
     t = 37  # not a multiple of the chunk
     x = jax.random.normal(jax.random.key(1), (1, t, SMALL["d_model"]))
     f = embed_fn(model)
-    for pos in (0, 15, 16, 36):
-        g = jax.grad(lambda x, pos=pos: f(x)[0, pos].sum())(x)
+    positions = (0, 15, 16, 36)
+
+    @jax.jit
+    def grads(x):
+        # One backward pass per probed position, vmapped: a single compile.
+        y, pullback = jax.vjp(f, x)
+        cts = jnp.stack([jnp.zeros_like(y).at[0, p].set(1.0) for p in positions])
+        return jax.vmap(lambda ct: pullback(ct)[0])(cts)
+
+    for g, pos in zip(grads(x), positions, strict=True):
         assert jnp.all(g[0, pos + 1 :] == 0), f"{mixer}: output {pos} depends on the future"
         assert jnp.any(g[0, : pos + 1] != 0), f"{mixer}: output {pos} ignores the past"
 
@@ -50,8 +60,12 @@ def test_causal_by_gradient(mixer):
 def test_scanned_forward_matches_unrolled(mixer):
     model = make(mixer)
     tokens = jax.random.randint(jax.random.key(2), (2, 21), 0, SMALL["vocab_size"])
-    ref = embed_fn(model)(model.embed(tokens))
-    np.testing.assert_allclose(model(tokens), ref, rtol=1e-5, atol=1e-5)
+    ref = np.asarray(embed_fn(model)(model.embed(tokens)), np.float64)
+    out = np.asarray(model(tokens), np.float64)
+    # The two programs fuse and order fp32 sums differently, so they agree to rounding, which
+    # mixers with a normalised output (the delta rule's) amplify to ~2e-6 of the logits' norm;
+    # a wrong layer slice or order is an O(1) difference.
+    assert np.linalg.norm(out - ref) <= 1e-5 * np.linalg.norm(ref)
 
 
 @pytest.mark.parametrize("mixer", MIXERS)
@@ -79,10 +93,12 @@ def test_remat_equality(remat):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_hybrid_pattern_builds_units():
-    model = make("gla", num_layers=4, layer_pattern="LA")
+@pytest.mark.parametrize(("mixer", "pattern"), [("gla", "LA"), ("mamba", "LLLA")])
+def test_hybrid_pattern_builds_units(mixer, pattern):
+    model = make(mixer, num_layers=2 * len(pattern), layer_pattern=pattern)
     blocks = model.units.blocks
-    assert [type(b.mixer).__name__ for b in blocks] == ["GLA", "Attention"]
+    names = [REGISTRY[mixer].__name__ if c == "L" else "Attention" for c in pattern]
+    assert [type(b.mixer).__name__ for b in blocks] == names
     assert blocks[0].norm1.scale.shape == (2, SMALL["d_model"])  # 2 units stacked
     tokens = jnp.zeros((1, 8), jnp.int32)
     assert model(tokens).shape == (1, 8, SMALL["vocab_size"])

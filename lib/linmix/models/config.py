@@ -33,6 +33,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; parameters are always fp32
     remat: str = "none"  # "none" | "full" | "dots"
     chunk_size: int = 64  # chunk length of chunked ops (a performance knob, not the math)
+    causal: bool = True  # False: a bidirectional stack (vision mixers); the LM needs True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mixer_options", dict(self.mixer_options))
@@ -47,6 +48,11 @@ class ModelConfig:
                 raise ValueError(f"model config: {msg}")
 
         need(self.mixer in REGISTRY, f"unknown mixer {self.mixer!r}; known: {sorted(REGISTRY)}")
+        need(
+            REGISTRY[self.mixer].causal or not self.causal,
+            f"mixer {self.mixer!r} is not causal (a bidirectional vision mixer); the causal LM "
+            f"takes one of {sorted(n for n, c in REGISTRY.items() if c.causal)}",
+        )
         need(self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}")
         need(self.d_model >= 1, f"d_model must be >= 1, got {self.d_model}")
         need(self.num_heads >= 1, f"num_heads must be >= 1, got {self.num_heads}")

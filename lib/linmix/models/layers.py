@@ -86,3 +86,13 @@ class ShortConv(nnx.Module):
                 shifted_BTC = jnp.where(same_BT[..., None], shifted_BTC, 0)
             y_BTC = y_BTC + shifted_BTC * w_W11C[j]
         return y_BTC
+
+    def init_cache(self, batch: int) -> jax.Array:
+        """The decode cache: the last width - 1 inputs, zeros before the sequence starts."""
+        return jnp.zeros((batch, self.width - 1, self.kernel.shape[1]), self.dtype)
+
+    def extend(self, x_BTC: jax.Array, tail_BWC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Continue a sequence whose last width - 1 inputs are `tail`: (y [B, T, C], new tail)."""
+        w = self.width - 1
+        xx_BSC = jnp.concatenate([tail_BWC.astype(self.dtype), x_BTC.astype(self.dtype)], axis=1)
+        return self(xx_BSC)[:, w:], xx_BSC[:, xx_BSC.shape[1] - w :]

@@ -62,6 +62,8 @@ class LM(nnx.Module):
     """`LM(cfg, rngs=...)(tokens_BT, segment_ids=None) -> logits_BTE` (fp32 logits)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if not cfg.causal:
+            raise ValueError("LM: the causal language model needs a config with causal=True")
         dtype = DTYPES[cfg.dtype]
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, rngs=rngs)
         keys = jax.random.split(rngs.params(), cfg.num_units)

@@ -1,16 +1,20 @@
-"""Softmax attention (Vaswani et al. 2017), causal, rotary, grouped-query; the hybrid "A" layer."""
+"""Softmax attention (Vaswani et al. 2017), causal, rotary, grouped-query, optional sliding window
+(Beltagy et al. 2020); the hybrid "A" layer. Not a linear mixer: exact softmax (the baseline),
+decoded from a key/value cache of max_len slots (a sliding window needs only `window` of them,
+kept whole here for simplicity)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from linmix.models.layers import dense, positions, rotary
 from linmix.models.mixers.base import Mixer, Options
 from linmix.models.mixers.common import QKV
-from linmix.ops.attention import attention
+from linmix.ops.attention import attention, attention_decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +23,7 @@ class AttentionOptions(Options):
     rope: bool = True
     use_short_conv: bool = False  # causal depthwise conv on q, k, v (as in Zoology's hybrids)
     conv_size: int = 4
+    window: int = 0  # sliding window length; 0: full causal attention
 
 
 class Attention(Mixer, nnx.Module):
@@ -32,6 +37,8 @@ class Attention(Mixer, nnx.Module):
         kv = opts.num_kv_heads or heads
         if heads % kv:
             raise ValueError(f"mixer 'attention': num_heads={heads} not divisible by {kv} kv heads")
+        if opts.window < 0:
+            raise ValueError(f"mixer 'attention': window must be >= 0, got {opts.window}")
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, options: dict | None = None):
         o = self.options_from(cfg, options)
@@ -52,12 +59,33 @@ class Attention(Mixer, nnx.Module):
         )
         self.o = dense(width, cfg.d_model, rngs=rngs, dtype=dtype)
         self.rope = o.rope
+        self.window = o.window or None
+        self.head_dim = width // h
+        self.dtype = dtype
 
-    def __call__(self, x_BTD: jax.Array, *, segment_ids=None):
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        """Keys and values of max_len positions, conv tails, and the next position."""
+        kv = jnp.zeros((batch, max_len, self.num_kv_heads, self.head_dim), self.dtype)
+        pos = jnp.zeros((), jnp.int32)
+        return {"k": kv, "v": kv, "conv": self.qkv.init_cache(batch), "pos": pos}
+
+    def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
+        self.check_call(x_BTD, segment_ids, cache)
         b, t, _ = x_BTD.shape
-        q_BTHK, k_BTGK, v_BTGK = self.qkv(x_BTD, segment_ids)
+        (q_BTHK, k_BTGK, v_BTGK), conv = self.qkv(x_BTD, segment_ids, cache and cache["conv"])
+        start = 0 if cache is None else cache["pos"]
         if self.rope:
-            pos_BT = positions(segment_ids, b, t)
+            pos_BT = positions(segment_ids, b, t) + start
             q_BTHK, k_BTGK = rotary(q_BTHK, pos_BT), rotary(k_BTGK, pos_BT)
-        o_BTHK = attention(q_BTHK, k_BTGK, v_BTGK, segment_ids=segment_ids, causal=True)
-        return self.o(o_BTHK.reshape(b, t, -1)), None
+        if cache is None:
+            o_BTHK = attention(
+                q_BTHK, k_BTGK, v_BTGK, segment_ids=segment_ids, causal=True, window=self.window
+            )
+            return self.o(o_BTHK.reshape(b, t, -1)), None
+        k_BSGK, v_BSGK = (
+            jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), start, axis=1)
+            for c, new in ((cache["k"], k_BTGK), (cache["v"], v_BTGK))
+        )
+        o_BTHK = attention_decode(q_BTHK, k_BSGK, v_BSGK, start, window=self.window)
+        new = {"k": k_BSGK, "v": v_BSGK, "conv": conv, "pos": start + t}
+        return self.o(o_BTHK.reshape(b, t, -1)), new

@@ -1,7 +1,16 @@
 """What every mixer shares: option parsing with paper defaults, head sizing, the call contract.
 
-A mixer is an `nnx.Module` with `__call__(x_BTD, *, segment_ids=None) -> (y_BTD, cache)` and a
-frozen `Options` dataclass holding its paper defaults; `ModelConfig.mixer_options` overrides them.
+A mixer is an `nnx.Module` with a frozen `Options` dataclass holding its paper defaults
+(`ModelConfig.mixer_options` overrides them) and
+
+    __call__(x_BTD, *, segment_ids=None, cache=None) -> (y_BTD, cache)
+
+With `cache=None` it runs the whole sequence (chunked or parallel form) and returns no cache.
+A causal mixer also continues a sequence: `cache = mixer.init_cache(batch, max_len)` is the
+fixed-size state before the first token, and `mixer(x_BTD, cache=cache)` consumes T more tokens
+(T = 1: the recurrent decode step; T > 1: the chunked form from the cached state, i.e. prefill)
+and returns the advanced cache. Packed segments and a cache do not mix: a cached row is one
+sequence.
 """
 
 from __future__ import annotations
@@ -24,6 +33,24 @@ class Mixer:
 
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = Options
+    causal: ClassVar[bool] = True  # False: a bidirectional (vision / prefix) mixer, no cache
+    # Bidirectional mixers only: True when shuffling the tokens shuffles the outputs alike (no
+    # positional structure such as windows, convolutions or pooling over a grid).
+    permutation_equivariant: ClassVar[bool] = False
+
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        """The decode cache before the first token (a pytree of arrays)."""
+        raise ValueError(f"mixer {self.name!r} is not causal: it has no decode cache")
+
+    def check_call(self, x_BTD: Any, segment_ids: Any, cache: Any) -> None:
+        """Reject what the call contract forbids, with a message naming the mixer."""
+        shape = getattr(x_BTD, "shape", None)
+        if shape is None or len(shape) != 3:
+            raise ValueError(f"mixer {self.name!r}: x must be [B, T, D], got shape {shape}")
+        if cache is not None and segment_ids is not None:
+            raise ValueError(f"mixer {self.name!r}: segment_ids cannot be used with a cache")
+        if cache is not None and not self.causal:
+            raise ValueError(f"mixer {self.name!r} is not causal: it has no decode cache")
 
     @classmethod
     def options_from(cls, cfg: Any, options: dict | None = None) -> Options:

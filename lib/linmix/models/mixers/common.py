@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from linmix.models.layers import ShortConv, dense, rms_norm
@@ -38,14 +39,24 @@ class QKV(nnx.Module):
         convs = [ShortConv(n, conv_size, rngs=rngs, dtype=dtype) for n in dims]
         self.convs = nnx.List(convs) if short_conv else None
 
-    def __call__(self, x_BTD: jax.Array, segment_ids_BT: jax.Array | None):
+    def init_cache(self, batch: int) -> list[jax.Array] | None:
+        """The short convs' input tails (None without convs)."""
+        return None if self.convs is None else [c.init_cache(batch) for c in self.convs]
+
+    def __call__(self, x_BTD: jax.Array, segment_ids_BT: jax.Array | None, cache=None):
+        """([q, k, v], new conv cache); `cache` continues the convs from `init_cache`'s tails."""
         qkv = [self.q(x_BTD), self.k(x_BTD), self.v(x_BTD)]
         if self.convs is not None:
+            if cache is None:
+                qkv = [c(y, segment_ids_BT) for c, y in zip(self.convs, qkv, strict=True)]
+            else:
+                pairs = [c.extend(y, w) for c, y, w in zip(self.convs, qkv, cache, strict=True)]
+                qkv, cache = [p[0] for p in pairs], [p[1] for p in pairs]
             # The conv is a local token mixer; SiLU after it as in the papers that use one.
-            qkv = [jax.nn.silu(c(y, segment_ids_BT)) for c, y in zip(self.convs, qkv, strict=True)]
+            qkv = [jax.nn.silu(y) for y in qkv]
         b, t, _ = x_BTD.shape
         heads = (self.num_heads, self.num_kv_heads, self.num_kv_heads)
-        return [y.reshape(b, t, h, -1) for y, h in zip(qkv, heads, strict=True)]
+        return [y.reshape(b, t, h, -1) for y, h in zip(qkv, heads, strict=True)], cache
 
 
 class GatedOutput(nnx.Module):
@@ -100,4 +111,26 @@ class LinearMixer(Mixer):
             cfg.d_model, value_dim, value_dim // h, gate=o.use_output_gate, rngs=rngs, dtype=dtype
         )
         self.chunk_size = cfg.chunk_size
+        self.head_v = value_dim // h
         return o
+
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        """State [B, H, K, V] fp32, short-conv tails, and the position of the next token."""
+        h = self.num_heads
+        return {
+            "state": jnp.zeros((batch, h, self.key_dim // h, self.state_width), jnp.float32),
+            "conv": self.qkv.init_cache(batch),
+            "pos": jnp.zeros((), jnp.int32),
+        }
+
+    @property
+    def state_width(self) -> int:
+        """Columns of the state: V, or V + 1 when a denominator column rides along."""
+        return self.head_v
+
+
+def advance(cache: dict | None, t: int, **new) -> dict | None:
+    """The cache after t more tokens, with the given entries replaced."""
+    if cache is None:
+        return None
+    return {**cache, **new, "pos": cache["pos"] + t}

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from linmix.models.layers import dense
-from linmix.models.mixers.common import LinearMixer, LinearOptions
-from linmix.ops.gla import gla
+from linmix.models.mixers.common import LinearMixer, LinearOptions, advance
+from linmix.models.mixers.recurrent import run_gla
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +38,19 @@ class GLA(LinearMixer, nnx.Module):
         )
         self.tau = o.gate_logit_normalizer
 
-    def __call__(self, x_BTD: jax.Array, *, segment_ids=None):
-        q_BTHK, k_BTHK, v_BTHV = self.qkv(x_BTD, segment_ids)
+    def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
+        self.check_call(x_BTD, segment_ids, cache)
+        (q_BTHK, k_BTHK, v_BTHV), conv = self.qkv(x_BTD, segment_ids, cache and cache["conv"])
         b, t, h, _ = k_BTHK.shape
         logit_BTF = self.gate_up(self.gate_down(x_BTD)).astype(jnp.float32)
         g_BTHK = (jax.nn.log_sigmoid(logit_BTF) / self.tau).reshape(b, t, h, -1)
-        o_BTHV, _ = gla(
-            q_BTHK, k_BTHK, v_BTHV, g_BTHK, segment_ids=segment_ids, chunk_size=self.chunk_size
+        o_BTHV, state = run_gla(
+            q_BTHK,
+            k_BTHK,
+            v_BTHV,
+            g_BTHK,
+            state=cache and cache["state"],
+            segment_ids=segment_ids,
+            chunk_size=self.chunk_size,
         )
-        return self.output(o_BTHV, x_BTD), None
+        return self.output(o_BTHV, x_BTD), advance(cache, t, state=state, conv=conv)

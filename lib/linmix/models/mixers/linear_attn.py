@@ -12,8 +12,9 @@ import dataclasses
 import jax
 from flax import nnx
 
-from linmix.models.mixers.common import LinearMixer, LinearOptions
-from linmix.ops.gla import FEATURE_MAPS, gla
+from linmix.models.mixers.common import LinearMixer, LinearOptions, advance
+from linmix.models.mixers.recurrent import run_gla
+from linmix.ops.gla import FEATURE_MAPS
 
 NORMALIZATIONS = ("rmsnorm", "denominator")
 
@@ -47,18 +48,24 @@ class LinearAttn(LinearMixer, nnx.Module):
         self.feature_map = o.feature_map
         self.denominator = o.normalization == "denominator"
 
-    def __call__(self, x_BTD: jax.Array, *, segment_ids=None):
-        q_BTHK, k_BTHK, v_BTHV = self.qkv(x_BTD, segment_ids)
+    @property
+    def state_width(self) -> int:
+        return self.head_v + int(self.denominator)
+
+    def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
+        self.check_call(x_BTD, segment_ids, cache)
+        (q_BTHK, k_BTHK, v_BTHV), conv = self.qkv(x_BTD, segment_ids, cache and cache["conv"])
         phi = FEATURE_MAPS[self.feature_map]
         q_BTHK, k_BTHK = phi(q_BTHK), phi(k_BTHK)
-        o_BTHV, _ = gla(
+        o_BTHV, state = run_gla(
             q_BTHK,
             k_BTHK,
             v_BTHV,
             None,
+            state=cache and cache["state"],
             scale=1.0,
             normalize=self.denominator,
             segment_ids=segment_ids,
             chunk_size=self.chunk_size,
         )
-        return self.output(o_BTHV, x_BTD), None
+        return self.output(o_BTHV, x_BTD), advance(cache, x_BTD.shape[1], state=state, conv=conv)

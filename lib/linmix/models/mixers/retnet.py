@@ -13,8 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from linmix.models.layers import positions, rotary
-from linmix.models.mixers.common import LinearMixer, LinearOptions
-from linmix.ops.gla import gla
+from linmix.models.mixers.common import LinearMixer, LinearOptions, advance
+from linmix.models.mixers.recurrent import run_gla
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +35,20 @@ class RetNet(LinearMixer, nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.build(cfg, rngs)
 
-    def __call__(self, x_BTD: jax.Array, *, segment_ids=None):
-        q_BTHK, k_BTHK, v_BTHV = self.qkv(x_BTD, segment_ids)
+    def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
+        self.check_call(x_BTD, segment_ids, cache)
+        (q_BTHK, k_BTHK, v_BTHV), conv = self.qkv(x_BTD, segment_ids, cache and cache["conv"])
         b, t, h, _ = q_BTHK.shape
-        pos_BT = positions(segment_ids, b, t)
+        pos_BT = positions(segment_ids, b, t) + (0 if cache is None else cache["pos"])
         q_BTHK, k_BTHK = rotary(q_BTHK, pos_BT), rotary(k_BTHK, pos_BT)
         g_BTH = jnp.broadcast_to(retnet_log_decay(h), (b, t, h))
-        o_BTHV, _ = gla(
-            q_BTHK, k_BTHK, v_BTHV, g_BTH, segment_ids=segment_ids, chunk_size=self.chunk_size
+        o_BTHV, state = run_gla(
+            q_BTHK,
+            k_BTHK,
+            v_BTHV,
+            g_BTH,
+            state=cache and cache["state"],
+            segment_ids=segment_ids,
+            chunk_size=self.chunk_size,
         )
-        return self.output(o_BTHV, x_BTD), None
+        return self.output(o_BTHV, x_BTD), advance(cache, t, state=state, conv=conv)

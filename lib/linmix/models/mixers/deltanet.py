@@ -1,0 +1,65 @@
+"""DeltaNet (Yang et al. 2024), linear attention with the delta rule. Engine Δ, chunked (WY/UT).
+
+S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = q_t S_t / sqrt(K): each token
+overwrites the value stored under its key instead of adding to it. q, k, v pass through a causal
+short conv + SiLU; q and k are L2-normalised per head inside the op (so the transition is a
+contraction); beta_t = sigmoid(x W_beta) per head; output per-head RMSNorm (gate optional).
+Defaults follow fla's `layers/delta_net.py` (MIXERS.md §2.6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from linmix.models.layers import dense
+from linmix.models.mixers.common import LinearMixer, LinearOptions, advance
+from linmix.models.mixers.recurrent import run_delta
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaNetOptions(LinearOptions):
+    expand_k: float = 1.0
+    expand_v: float = 1.0
+    use_short_conv: bool = True
+    use_output_gate: bool = False
+    allow_neg_eigval: bool = False  # beta in (0, 2): transitions may flip sign
+
+
+class DeltaNet(LinearMixer, nnx.Module):
+    name = "deltanet"
+    Options = DeltaNetOptions
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        o = self.build(cfg, rngs)
+        self.options = o
+        self.beta_proj = dense(
+            cfg.d_model, self.num_heads, rngs=rngs, dtype=self.compute_dtype(cfg)
+        )
+        self.beta_max = 2.0 if o.allow_neg_eigval else 1.0
+
+    def log_decay(self, x_BTD: jax.Array) -> jax.Array | None:
+        """No decay: plain DeltaNet. Gated DeltaNet overrides this."""
+        return None
+
+    def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
+        self.check_call(x_BTD, segment_ids, cache)
+        (q_BTHK, k_BTHK, v_BTHV), conv = self.qkv(x_BTD, segment_ids, cache and cache["conv"])
+        if not self.options.use_short_conv:  # the conv path already applied SiLU
+            q_BTHK, k_BTHK, v_BTHV = (jax.nn.silu(y) for y in (q_BTHK, k_BTHK, v_BTHV))
+        beta_BTH = self.beta_max * jax.nn.sigmoid(self.beta_proj(x_BTD).astype(jnp.float32))
+        o_BTHV, state = run_delta(
+            q_BTHK,
+            k_BTHK,
+            v_BTHV,
+            beta_BTH,
+            self.log_decay(x_BTD),
+            state=cache and cache["state"],
+            use_qk_l2norm=True,
+            segment_ids=segment_ids,
+            chunk_size=self.chunk_size,
+        )
+        return self.output(o_BTHV, x_BTD), advance(cache, x_BTD.shape[1], state=state, conv=conv)

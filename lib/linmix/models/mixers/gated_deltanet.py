@@ -1,0 +1,50 @@
+"""Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025). Engine Δ with a scalar gate, chunked (WY/UT).
+
+S_t = a_t (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t: DeltaNet whose memory also decays,
+with log a_t = -exp(A_log_h) softplus(x W_a + dt_bias_h) per head (Mamba2's gate), A ~ U(0, 16)
+and softplus(dt_bias) ~ LogUniform[1e-3, 0.1]. Output RMSNorm(o) * SiLU(x W_g). Value heads are
+twice the key heads as in fla's `layers/gated_deltanet.py` (MIXERS.md §2.7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from linmix.models.layers import dense
+from linmix.models.mixers import inits
+from linmix.models.mixers.deltanet import DeltaNet, DeltaNetOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class GatedDeltaNetOptions(DeltaNetOptions):
+    expand_k: float = 0.75  # fla: 6 heads x 256 = 0.75 * 2048
+    expand_v: float = 1.5  # expand_v = 2 relative to the keys
+    use_output_gate: bool = True
+    a_init_range: tuple[float, float] = (0.0, 16.0)
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+
+
+class GatedDeltaNet(DeltaNet):
+    name = "gated_deltanet"
+    Options = GatedDeltaNetOptions
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        o, h = self.options, self.num_heads
+        self.a_proj = dense(cfg.d_model, h, rngs=rngs, dtype=self.compute_dtype(cfg))
+        self.dt_bias = nnx.Param(
+            inits.dt_bias(rngs.params(), h, o.dt_min, o.dt_max, o.dt_init_floor)
+        )
+        # A = 0 would mean no decay at all; keep the sample strictly positive.
+        low, high = o.a_init_range
+        self.A_log = nnx.Param(inits.uniform_log_a(rngs.params(), h, max(low, 1e-4), high))
+
+    def log_decay(self, x_BTD: jax.Array) -> jax.Array:
+        a_BTH = self.a_proj(x_BTD).astype(jnp.float32) + self.dt_bias[...][None, None]
+        return -jnp.exp(self.A_log[...])[None, None] * jax.nn.softplus(a_BTH)
