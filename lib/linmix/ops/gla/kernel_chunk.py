@@ -1,0 +1,274 @@
+"""One chunk of gated linear attention, forward and backward, on 2-D tiles: the body of the
+Pallas kernels (`pallas_tpu.py`, `pallas_gpu.py`), which carry the state from chunk to chunk.
+
+Notation (MIXERS.md §1.4): a chunk holds C tokens; q, k [C, K], v [C, V], log-gates g [C, X]
+(X = 1 scalar, X = K per channel; no gate is g = None); S [K, V] the state entering the chunk,
+lam [K, V] the gradient of the state leaving it; b the inclusive within-chunk cumulative
+log-decay, e_s = sum_{j > s} g_j the decay from key s to the chunk end.
+
+    o       = (q exp(b)) S + P v,     P[r, s] = sum_i q_ri k_si exp(b_ri - b_si), s <= r
+    S_next  = exp(b_C) S + (k exp(e))^T v
+
+The backward is written out by hand. The gate gradient is assembled from terms that each carry
+at least one decay factor (never from q dq - k dk, whose diagonal terms cancel), so it stays
+accurate when decays are strong:
+
+    dg_j = sum_{r >= j} [q dq_inter + q dq_strict - k dk_strict]_r
+           + sum_{s < j} [k dk_state]_s + exp(b_C) sum_V(lam * S)
+
+Per-channel gates are computed in sub-chunks of c tokens: pairs inside a sub-chunk use an
+explicit [c, c, K] decay tensor, pairs across sub-chunks meet at the start of the later one, so
+every exponent is <= 0. Segment masks (packed documents) come as `Seg`; all math is fp32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_F32 = jnp.float32
+SUBCHUNK = 16
+
+
+class Seg(NamedTuple):
+    """Segment bookkeeping of one chunk (see `chunks.segment_masks`)."""
+
+    col: jax.Array  # [C, 1] int32 segment id per token
+    row: jax.Array  # [1, C] the same ids as a row
+    reads: jax.Array  # [C, 1] fp32 1 where the query still reads the carried state
+    inlast: jax.Array  # [C, 1] fp32 1 where the key belongs to the segment open at the chunk end
+
+
+def dot(a: jax.Array, b: jax.Array, *, ta: bool = False, tb: bool = False, exact: bool = False):
+    """a @ b with a and/or b transposed, fp32 accumulation; `exact` asks for full fp32 passes
+    (cumulative sums of gates)."""
+    dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
+    precision = lax.Precision.HIGHEST if exact else None
+    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=_F32)
+
+
+def _iota(C: int, D: int | None = None) -> tuple[jax.Array, jax.Array]:
+    shape = (C, C if D is None else D)
+    return lax.broadcasted_iota(jnp.int32, shape, 0), lax.broadcasted_iota(jnp.int32, shape, 1)
+
+
+def _tri(C: int, pattern: str) -> jax.Array:
+    """0/1 [C, C]: 'incl' s <= r, 'strict' s < r, 'after' s > r (row r, column s)."""
+    r, s = _iota(C)
+    return {"incl": s <= r, "strict": s < r, "after": s > r}[pattern].astype(_F32)
+
+
+def _masked_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.where(mask, jnp.exp(jnp.where(mask, x, 0.0)), 0.0)
+
+
+class _Gate(NamedTuple):
+    b: jax.Array | float  # [C, X] inclusive cumulative log-decay (0.0 without a gate)
+    e: jax.Array | float  # [C, X] decay to the chunk end
+    a_col: jax.Array  # [K, 1] (or [1, 1]) chunk decay, zero where the state does not survive
+    a_row: jax.Array  # [1, X]
+
+
+def _gate(g: jax.Array | None, K: int, seg: Seg | None) -> _Gate:
+    keeps = 1.0 if seg is None else seg.reads[-1:, :]
+    if g is None:
+        one = jnp.ones((1, 1), _F32) * keeps
+        return _Gate(0.0, 0.0, one, one)
+    C = g.shape[0]
+    b = dot(_tri(C, "incl"), g, exact=True)
+    e = dot(_tri(C, "after"), g, exact=True)
+    total_col = dot(g, jnp.ones((C, 1), _F32), ta=True, exact=True)  # [X, 1]
+    return _Gate(b, e, jnp.exp(total_col) * keeps, jnp.exp(b[-1:, :]) * keeps)
+
+
+def _io_decays(q, k, gate: _Gate, seg: Seg | None):
+    """Queries decayed from the chunk start and keys decayed to its end, segment-masked."""
+    qd = q * jnp.exp(gate.b) if isinstance(gate.b, jax.Array) else q
+    kd = k * jnp.exp(gate.e) if isinstance(gate.e, jax.Array) else k
+    if seg is not None:
+        qd, kd = qd * seg.reads, kd * seg.inlast
+    return qd, kd
+
+
+def _strict_mask(C: int, seg: Seg | None) -> jax.Array:
+    r, s = _iota(C)
+    mask = s < r
+    return mask if seg is None else mask & (seg.col == seg.row)
+
+
+def _scalar_decay(g_row: jax.Array | None, b: jax.Array | float, mask: jax.Array) -> jax.Array:
+    """exp(b_r - b_s) on strict same-segment pairs, else 0 (the mask itself without a gate)."""
+    if g_row is None:
+        return mask.astype(_F32)
+    C = mask.shape[0]
+    b_row = dot(g_row, _tri(C, "incl"), tb=True, exact=True)  # [1, C]
+    return _masked_exp(b - b_row, mask)
+
+
+def forward(q, k, v, g, g_row, S, seg: Seg | None):
+    """One chunk of the forward pass. Returns (o [C, V] unscaled, S_next [K, V])."""
+    q, k, v = (x.astype(_F32) for x in (q, k, v))
+    gate = _gate(None if g is None else g.astype(_F32), q.shape[1], seg)
+    qd, kd = _io_decays(q, k, gate, seg)
+    o = dot(qd, S) + jnp.sum(q * k, axis=1, keepdims=True) * v
+    if g is not None and g.shape[1] > 1:
+        o = o + _vector_pairs_forward(q, k, v, gate.b, g.astype(_F32), seg)
+    else:
+        mask = _strict_mask(q.shape[0], seg)
+        decay = _scalar_decay(None if g_row is None else g_row.astype(_F32), gate.b, mask)
+        o = o + dot(dot(q, k, tb=True) * decay, v)
+    return o, gate.a_col * S + dot(kd, v, ta=True)
+
+
+def backward(q, k, v, g, g_row, S, lam, do, seg: Seg | None):
+    """One chunk of the backward pass; `do` is the output cotangent times the scale.
+
+    Returns (dq, dk, dv, dg or None, lam_prev), lam_prev the gradient of the entering state.
+    """
+    q, k, v, do = (x.astype(_F32) for x in (q, k, v, do))
+    g = None if g is None else g.astype(_F32)
+    gate = _gate(g, q.shape[1], seg)
+    qd, kd = _io_decays(q, k, gate, seg)
+    dq_inter = dot(do, S, tb=True)
+    if isinstance(gate.b, jax.Array):
+        dq_inter = dq_inter * jnp.exp(gate.b)
+    dk_state = dot(v, lam, tb=True)
+    if isinstance(gate.e, jax.Array):
+        dk_state = dk_state * jnp.exp(gate.e)
+    if seg is not None:
+        dq_inter, dk_state = dq_inter * seg.reads, dk_state * seg.inlast
+    dv = dot(kd, lam)
+    if g is not None and g.shape[1] > 1:
+        dq_strict, dk_strict, dv_pairs = _vector_pairs_backward(q, k, v, do, gate.b, g, seg)
+    else:
+        mask = _strict_mask(q.shape[0], seg)
+        decay = _scalar_decay(None if g_row is None else g_row.astype(_F32), gate.b, mask)
+        w = dot(do, v, tb=True) * decay
+        dq_strict, dk_strict = dot(w, k), dot(w, q, ta=True)
+        dv_pairs = dot(dot(q, k, tb=True) * decay, do, ta=True)
+    diag = jnp.sum(do * v, axis=1, keepdims=True)
+    dq = dq_inter + dq_strict + diag * k
+    dk = dk_state + dk_strict + diag * q
+    dv = dv + dv_pairs + jnp.sum(q * k, axis=1, keepdims=True) * do
+    lam_prev = gate.a_col * lam + dot(qd, do, ta=True)
+
+    dg = None
+    if g is not None:
+        C, X = g.shape
+        from_end = q * (dq_inter + dq_strict) - k * dk_strict
+        from_start = k * dk_state
+        if X == 1:
+            from_end = jnp.sum(from_end, axis=1, keepdims=True)
+            from_start = jnp.sum(from_start, axis=1, keepdims=True)
+        da_row = dot(jnp.ones((1, S.shape[1]), _F32), lam * S, tb=True)  # [1, K]
+        if X == 1:
+            da_row = jnp.sum(da_row, axis=1, keepdims=True)
+        dg = (
+            dot(_tri(C, "incl"), from_end, ta=True, exact=True)
+            + dot(_tri(C, "strict"), from_start, exact=True)
+            + gate.a_row * da_row
+        )
+    return dq, dk, dv, dg, lam_prev
+
+
+class _Sub(NamedTuple):
+    """Per-channel decays in sub-chunk coordinates."""
+
+    c: int
+    loc: jax.Array  # [C, K] cumulative log-decay from the start of each token's sub-chunk
+    rho: jax.Array  # [C, K] b at the end of the previous sub-chunk (the reference point)
+
+
+def _sub(g: jax.Array, b: jax.Array) -> _Sub:
+    C = g.shape[0]
+    c = min(SUBCHUNK, C)
+    r, s = _iota(C)
+    block_incl = ((s <= r) & (lax.div(s, c) == lax.div(r, c))).astype(_F32)
+    loc = dot(block_incl, g, exact=True)
+    return _Sub(c, loc, b - loc)
+
+
+def _diag_block(q_i, k_i, loc_i, col_i):
+    """Strict pairs inside one sub-chunk: the [c, c, K] decay tensor and the [c, c] mask."""
+    c = q_i.shape[0]
+    r, s = _iota(c)
+    mask3 = (s < r)[:, :, None]
+    if col_i is not None:
+        mask3 = mask3 & (col_i[:, None, :] == col_i[None, :, :])
+    E = _masked_exp(loc_i[:, None, :] - loc_i[None, :, :], mask3)
+    return E, mask3[:, :, 0]
+
+
+def _earlier_keys(k, b, sub: _Sub, i: int):
+    """Keys of the sub-chunks before sub-chunk i, decayed to its start (others zero)."""
+    C = k.shape[0]
+    start = i * sub.c
+    rows = lax.broadcasted_iota(jnp.int32, (C, 1), 0) < start
+    rho = sub.rho[start : start + 1, :]
+    return k * _masked_exp(rho - b, rows)
+
+
+def _off_mask(c: int, C: int, i: int, seg: Seg | None):
+    """[c, C] mask of the keys before sub-chunk i in the queries' segment (queries of rows i)."""
+    _, s = _iota(c, C)
+    mask = s < i * c
+    if seg is not None:
+        mask = mask & (seg.col[i * c : (i + 1) * c] == seg.row)
+    return mask
+
+
+def _vector_pairs_forward(q, k, v, b, g, seg: Seg | None):
+    """sum_{s < r} P[r, s] v_s for per-channel gates (see the module docstring)."""
+    sub = _sub(g, b)
+    c, C = sub.c, q.shape[0]
+    rows = []
+    for i in range(C // c):
+        R = slice(i * c, (i + 1) * c)
+        col_i = None if seg is None else seg.col[R]
+        E, _ = _diag_block(q[R], k[R], sub.loc[R], col_i)
+        P = jnp.sum(q[R][:, None, :] * k[R][None, :, :] * E, axis=2)
+        o_i = dot(P, v[R])
+        if i > 0:
+            A = dot(q[R] * jnp.exp(sub.loc[R]), _earlier_keys(k, b, sub, i), tb=True)
+            o_i = o_i + dot(jnp.where(_off_mask(c, C, i, seg), A, 0.0), v)
+        rows.append(o_i)
+    return jnp.concatenate(rows, axis=0)
+
+
+def _vector_pairs_backward(q, k, v, do, b, g, seg: Seg | None):
+    """Gradients of the strict pair term: (dq_strict, dk_strict, dv_pairs)."""
+    sub = _sub(g, b)
+    c, C = sub.c, q.shape[0]
+    dq_rows, dk_rows, dv_rows = [], [], []
+    dk_off = jnp.zeros_like(k)
+    dv_off = jnp.zeros_like(v)
+    for i in range(C // c):
+        R = slice(i * c, (i + 1) * c)
+        col_i = None if seg is None else seg.col[R]
+        E, mask = _diag_block(q[R], k[R], sub.loc[R], col_i)
+        P = jnp.sum(q[R][:, None, :] * k[R][None, :, :] * E, axis=2)
+        dv_rows.append(dot(P, do[R], ta=True))
+        W = jnp.where(mask, dot(do[R], v[R], tb=True), 0.0)[:, :, None] * E
+        dq_i = jnp.sum(W * k[R][None, :, :], axis=1)
+        dk_rows.append(jnp.sum(W * q[R][:, None, :], axis=0))
+        if i > 0:
+            q_ref = q[R] * jnp.exp(sub.loc[R])
+            k_ref = _earlier_keys(k, b, sub, i)
+            off = _off_mask(c, C, i, seg)
+            A = jnp.where(off, dot(q_ref, k_ref, tb=True), 0.0)
+            dv_off = dv_off + dot(A, do[R], ta=True)
+            dA = jnp.where(off, dot(do[R], v, tb=True), 0.0)
+            dq_i = dq_i + jnp.exp(sub.loc[R]) * dot(dA, k_ref)
+            dk_off = dk_off + _key_grad(dA, q_ref, k, b, sub, i)
+        dq_rows.append(dq_i)
+    cat = lambda xs: jnp.concatenate(xs, axis=0)  # noqa: E731
+    return cat(dq_rows), cat(dk_rows) + dk_off, cat(dv_rows) + dv_off
+
+
+def _key_grad(dA, q_ref, k, b, sub: _Sub, i: int):
+    """d/dk_s of sum_{r in sub-chunk i} dA[r, s] (q_ref_r . k_s exp(rho_i - b_s))."""
+    decay = _earlier_keys(jnp.ones_like(k), b, sub, i)
+    return decay * dot(dA, q_ref, ta=True)
