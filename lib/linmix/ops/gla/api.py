@@ -6,14 +6,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linmix.ops.gla import features, reference, scan, xla
+from linmix.ops.gla import features, pallas_gpu, pallas_tpu, reference, scan, xla
 
-IMPLEMENTATIONS = ("xla", "associative_scan", "reference")
+IMPLEMENTATIONS = ("xla", "associative_scan", "reference", "pallas_tpu", "pallas_gpu")
 _CAUSAL_FORMS = {
     "xla": xla.gla_chunked,
     "associative_scan": scan.gla_associative_scan,
     "reference": reference.gla_reference,
+    "pallas_tpu": pallas_tpu.gla_pallas_tpu,
+    "pallas_gpu": pallas_gpu.gla_pallas_gpu,
 }
+_CHUNKED = ("xla", "pallas_tpu", "pallas_gpu")
+# What implementation=None runs on each backend. The GPU kernels are opt-in
+# (implementation="pallas_gpu") until `pytest -m gpu` has passed on the hardware in use.
+DEFAULT_IMPLEMENTATION = {"tpu": "pallas_tpu"}
+
+
+def default_implementation(backend: str | None = None) -> str:
+    """The implementation `implementation=None` selects on `backend` (default: JAX's)."""
+    return DEFAULT_IMPLEMENTATION.get(backend or jax.default_backend(), "xla")
 
 
 def gla(
@@ -51,15 +62,17 @@ def gla(
       causal: False gives the bidirectional form, where query t sees every key s of its segment
         with weight prod of a_j over the tokens strictly after min(s, t) up to max(s, t).
       chunk_size: chunk length of the chunked algorithm; a positive power of two.
-      implementation: None or 'xla' (chunked, default; custom backward that stores no per-token
-        state), 'associative_scan' (parallel prefix scan over per-token K x V states: small
-        states only, refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan).
+      implementation: None (the backend's best: `default_implementation()`), 'xla' (chunked,
+        custom backward that stores no per-token state), 'pallas_tpu' / 'pallas_gpu' (the
+        chunked form as fused Pallas kernels, forward and backward; interpret mode on CPU),
+        'associative_scan' (parallel prefix scan over per-token K x V states: small states
+        only, refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan).
 
     Returns:
       (o, final_state): o [B, T, H, V] in q.dtype; final_state [B, H, K, V] fp32, or None when
       output_final_state is False (always None for causal=False).
     """
-    impl = "xla" if implementation is None else implementation
+    impl = default_implementation() if implementation is None else implementation
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
     _validate(q, k, v, g, initial_state, segment_ids, chunk_size, normalize)
@@ -73,7 +86,9 @@ def gla(
     if normalize:
         v = features.with_denominator(v)
     form = _CAUSAL_FORMS[impl]
-    extra = {"chunk_size": chunk_size} if impl == "xla" else {}
+    extra = {"chunk_size": chunk_size} if impl in _CHUNKED else {}
+    if impl.startswith("pallas"):  # a kernel asked for on a CPU backend runs in interpret mode
+        extra["interpret"] = jax.default_backend() == "cpu"
     if not causal:
         if impl == "reference":
             o_BTHV = reference.gla_bidirectional_reference(

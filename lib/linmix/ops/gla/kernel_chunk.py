@@ -73,7 +73,10 @@ class _Gate(NamedTuple):
 
 
 def _gate(g: jax.Array | None, K: int, seg: Seg | None) -> _Gate:
-    keeps = 1.0 if seg is None else seg.reads[-1:, :]
+    keeps = 1.0
+    if seg is not None:  # the last query still reads the carried state (no value slicing)
+        last = lax.broadcasted_iota(jnp.int32, seg.reads.shape, 0) == seg.reads.shape[0] - 1
+        keeps = jnp.sum(jnp.where(last, seg.reads, 0.0), axis=0, keepdims=True)
     if g is None:
         one = jnp.ones((1, 1), _F32) * keeps
         return _Gate(0.0, 0.0, one, one)
@@ -81,7 +84,8 @@ def _gate(g: jax.Array | None, K: int, seg: Seg | None) -> _Gate:
     b = dot(_tri(C, "incl"), g, exact=True)
     e = dot(_tri(C, "after"), g, exact=True)
     total_col = dot(g, jnp.ones((C, 1), _F32), ta=True, exact=True)  # [X, 1]
-    return _Gate(b, e, jnp.exp(total_col) * keeps, jnp.exp(b[-1:, :]) * keeps)
+    total_row = dot(jnp.ones((1, C), _F32), g, exact=True)  # [1, X]
+    return _Gate(b, e, jnp.exp(total_col) * keeps, jnp.exp(total_row) * keeps)
 
 
 def _io_decays(q, k, gate: _Gate, seg: Seg | None):
@@ -108,14 +112,14 @@ def _scalar_decay(g_row: jax.Array | None, b: jax.Array | float, mask: jax.Array
     return _masked_exp(b - b_row, mask)
 
 
-def forward(q, k, v, g, g_row, S, seg: Seg | None):
+def forward(q, k, v, g, g_row, S, seg: Seg | None, subchunk: int = SUBCHUNK):
     """One chunk of the forward pass. Returns (o [C, V] unscaled, S_next [K, V])."""
     q, k, v = (x.astype(_F32) for x in (q, k, v))
     gate = _gate(None if g is None else g.astype(_F32), q.shape[1], seg)
     qd, kd = _io_decays(q, k, gate, seg)
     o = dot(qd, S) + jnp.sum(q * k, axis=1, keepdims=True) * v
     if g is not None and g.shape[1] > 1:
-        o = o + _vector_pairs_forward(q, k, v, gate.b, g.astype(_F32), seg)
+        o = o + _vector_pairs_forward(q, k, v, gate.b, g.astype(_F32), seg, subchunk)
     else:
         mask = _strict_mask(q.shape[0], seg)
         decay = _scalar_decay(None if g_row is None else g_row.astype(_F32), gate.b, mask)
@@ -123,7 +127,7 @@ def forward(q, k, v, g, g_row, S, seg: Seg | None):
     return o, gate.a_col * S + dot(kd, v, ta=True)
 
 
-def backward(q, k, v, g, g_row, S, lam, do, seg: Seg | None):
+def backward(q, k, v, g, g_row, S, lam, do, seg: Seg | None, subchunk: int = SUBCHUNK):
     """One chunk of the backward pass; `do` is the output cotangent times the scale.
 
     Returns (dq, dk, dv, dg or None, lam_prev), lam_prev the gradient of the entering state.
@@ -142,7 +146,8 @@ def backward(q, k, v, g, g_row, S, lam, do, seg: Seg | None):
         dq_inter, dk_state = dq_inter * seg.reads, dk_state * seg.inlast
     dv = dot(kd, lam)
     if g is not None and g.shape[1] > 1:
-        dq_strict, dk_strict, dv_pairs = _vector_pairs_backward(q, k, v, do, gate.b, g, seg)
+        pairs = _vector_pairs_backward(q, k, v, do, gate.b, g, seg, subchunk)
+        dq_strict, dk_strict, dv_pairs = pairs
     else:
         mask = _strict_mask(q.shape[0], seg)
         decay = _scalar_decay(None if g_row is None else g_row.astype(_F32), gate.b, mask)
@@ -182,9 +187,11 @@ class _Sub(NamedTuple):
     rho: jax.Array  # [C, K] b at the end of the previous sub-chunk (the reference point)
 
 
-def _sub(g: jax.Array, b: jax.Array) -> _Sub:
+def _sub(g: jax.Array, b: jax.Array, subchunk: int) -> _Sub:
     C = g.shape[0]
-    c = min(SUBCHUNK, C)
+    c = min(subchunk, C)
+    if c == C:  # one sub-chunk: b itself, no reference point (and no value slicing)
+        return _Sub(C, b, jnp.zeros_like(b))
     r, s = _iota(C)
     block_incl = ((s <= r) & (lax.div(s, c) == lax.div(r, c))).astype(_F32)
     loc = dot(block_incl, g, exact=True)
@@ -220,13 +227,13 @@ def _off_mask(c: int, C: int, i: int, seg: Seg | None):
     return mask
 
 
-def _vector_pairs_forward(q, k, v, b, g, seg: Seg | None):
+def _vector_pairs_forward(q, k, v, b, g, seg: Seg | None, subchunk: int):
     """sum_{s < r} P[r, s] v_s for per-channel gates (see the module docstring)."""
-    sub = _sub(g, b)
+    sub = _sub(g, b, subchunk)
     c, C = sub.c, q.shape[0]
     rows = []
     for i in range(C // c):
-        R = slice(i * c, (i + 1) * c)
+        R = slice(i * c, (i + 1) * c) if c < C else slice(None)
         col_i = None if seg is None else seg.col[R]
         E, _ = _diag_block(q[R], k[R], sub.loc[R], col_i)
         P = jnp.sum(q[R][:, None, :] * k[R][None, :, :] * E, axis=2)
@@ -235,18 +242,18 @@ def _vector_pairs_forward(q, k, v, b, g, seg: Seg | None):
             A = dot(q[R] * jnp.exp(sub.loc[R]), _earlier_keys(k, b, sub, i), tb=True)
             o_i = o_i + dot(jnp.where(_off_mask(c, C, i, seg), A, 0.0), v)
         rows.append(o_i)
-    return jnp.concatenate(rows, axis=0)
+    return _rows(rows)
 
 
-def _vector_pairs_backward(q, k, v, do, b, g, seg: Seg | None):
+def _vector_pairs_backward(q, k, v, do, b, g, seg: Seg | None, subchunk: int):
     """Gradients of the strict pair term: (dq_strict, dk_strict, dv_pairs)."""
-    sub = _sub(g, b)
+    sub = _sub(g, b, subchunk)
     c, C = sub.c, q.shape[0]
     dq_rows, dk_rows, dv_rows = [], [], []
     dk_off = jnp.zeros_like(k)
     dv_off = jnp.zeros_like(v)
     for i in range(C // c):
-        R = slice(i * c, (i + 1) * c)
+        R = slice(i * c, (i + 1) * c) if c < C else slice(None)
         col_i = None if seg is None else seg.col[R]
         E, mask = _diag_block(q[R], k[R], sub.loc[R], col_i)
         P = jnp.sum(q[R][:, None, :] * k[R][None, :, :] * E, axis=2)
@@ -264,8 +271,11 @@ def _vector_pairs_backward(q, k, v, do, b, g, seg: Seg | None):
             dq_i = dq_i + jnp.exp(sub.loc[R]) * dot(dA, k_ref)
             dk_off = dk_off + _key_grad(dA, q_ref, k, b, sub, i)
         dq_rows.append(dq_i)
-    cat = lambda xs: jnp.concatenate(xs, axis=0)  # noqa: E731
-    return cat(dq_rows), cat(dk_rows) + dk_off, cat(dv_rows) + dv_off
+    return _rows(dq_rows), _rows(dk_rows) + dk_off, _rows(dv_rows) + dv_off
+
+
+def _rows(blocks: list[jax.Array]) -> jax.Array:
+    return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=0)
 
 
 def _key_grad(dA, q_ref, k, b, sub: _Sub, i: int):

@@ -77,9 +77,10 @@ Forward = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 Backward = Callable[..., tuple[jax.Array, ...]]
 
 
-def make_op(forward: Forward, backward: Backward):
+def make_op(forward: Forward, backward: Backward, min_chunk: int = 1):
     """The causal chunked op `(q, k, v, g, *, scale, initial_state, segment_ids, chunk_size,
-    interpret) -> (o fp32 [B, T, H, V], S_final fp32)` with the `xla.gla_chunked` contract."""
+    interpret) -> (o fp32 [B, T, H, V], S_final fp32)` with the `xla.gla_chunked` contract.
+    Chunks are at least `min_chunk` long (the sequence is padded)."""
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
     def run(q, k, v, g, S0, seg, scale, C, interpret):
@@ -111,7 +112,7 @@ def make_op(forward: Forward, backward: Backward):
         B, T, H, K = q.shape
         if initial_state is None:
             initial_state = jnp.zeros((B, H, K, v.shape[-1]), _F32)
-        C = chunks.chunk_length(T, chunk_size)
+        C = max(min_chunk, chunks.chunk_length(T, chunk_size))
         o, S_final = run(q, k, v, g, initial_state, segment_ids, scale, C, interpret)
         return o, S_final.reshape(B, H, K, -1)
 

@@ -50,7 +50,10 @@ class _Specs:
         return pl.BlockSpec((None, self.C, D), lambda bh, n: (bh, self.chunk(n), 0))
 
     def batch_tokens(self) -> pl.BlockSpec:
-        return pl.BlockSpec((None, self.C, 1), lambda bh, n: (lax.div(bh, self.H), self.chunk(n), 0))
+        def index(bh, n):
+            return (lax.div(bh, self.H), self.chunk(n), 0)
+
+        return pl.BlockSpec((None, self.C, 1), index)
 
     def row(self, per_head: bool) -> pl.BlockSpec:
         def index(bh, n):

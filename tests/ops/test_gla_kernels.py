@@ -1,0 +1,173 @@
+"""Pallas kernels of gated linear attention vs the per-token oracle (interpret mode on CPU,
+natively with `pytest -m gpu` / on a TPU), forward and gradients, and their TPU / CUDA lowering.
+
+The engine test matrix of `test_gla.py` (odd T, K != V, chunk sizes, gate strengths, segments,
+states, bf16) runs through the public `gla(..., implementation=KERNEL)`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numerics import rel_err
+from test_gla import (
+    BF16_TOL,
+    FP32_TOL,
+    GATES,
+    B,
+    H,
+    K,
+    V,
+    compare,
+    make_inputs,
+    normal,
+    segments_from_starts,
+)
+
+from linmix.ops.gla import gla, pallas_gpu, pallas_tpu
+from linmix.ops.gla.api import default_implementation
+
+KERNELS = ["pallas_tpu", "pallas_gpu"]
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 200])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_matches_reference(kernel: str, T: int, gate: str | None) -> None:
+    compare(make_inputs(T, gate), chunk_size=16, implementation=kernel)
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("chunk_size", [16, 32, 64, 128])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_chunk_sizes_and_segments(kernel: str, chunk_size: int, gate: str | None) -> None:
+    """Segment starts on and off chunk edges, a one-token segment, a one-token last segment."""
+    T = 130
+    segment_ids = segments_from_starts(T, [[1, 16, 20, 32, 64, 128, 129], [5, 65]])
+    inputs = make_inputs(T, gate, seed=2)
+    compare(inputs, segment_ids=segment_ids, chunk_size=chunk_size, implementation=kernel)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+@pytest.mark.parametrize("strength", [0.01, 20.0])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gate_strengths(kernel: str, gate: str, strength: float) -> None:
+    T = 65
+    segment_ids = segments_from_starts(T, [[16, 40], [33]])
+    inputs = make_inputs(T, gate, strength=strength, seed=5)
+    compare(inputs, segment_ids=segment_ids, chunk_size=32, implementation=kernel)
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_without_states_and_bidirectional(kernel: str, gate: str | None) -> None:
+    inputs = {**make_inputs(70, gate, seed=1), "initial_state": None}
+    compare(inputs, chunk_size=32, final=False, implementation=kernel)
+    segment_ids = segments_from_starts(70, [[3, 16], [32]])
+    compare(inputs, segment_ids=segment_ids, causal=False, chunk_size=16, implementation=kernel)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_bf16_close_to_fp32_reference(kernel: str, gate: str) -> None:
+    """bf16 q, k, v, g (fp32 inside the kernel) vs the fp32 oracle: outputs and gradients."""
+    T = 65
+    inputs = make_inputs(T, gate, seed=8)
+    cotangent = jnp.asarray(normal(98, 0, (B, T, H, V)))
+
+    def loss(args, impl):
+        o, _ = gla(*args, initial_state=inputs["initial_state"], implementation=impl)
+        return jnp.sum(o.astype(jnp.float32) * cotangent), o
+
+    args = [inputs[n] for n in "qkvg"]
+    grad_fn = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    grads, o = grad_fn([x.astype(jnp.bfloat16) for x in args], kernel)
+    assert o.dtype == jnp.bfloat16 and all(d.dtype == jnp.bfloat16 for d in grads)
+    want_grads, want = grad_fn(args, "reference")
+    assert rel_err(o, want) < BF16_TOL
+    for name, d, w in zip("qkvg", grads, want_grads, strict=True):
+        assert rel_err(d, w) < BF16_TOL, (name, rel_err(d, w))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_extreme_decay_is_finite(kernel: str) -> None:
+    """g ~ -1e4 per step: decays underflow to 0 and nothing overflows, forward or backward."""
+    inputs = make_inputs(40, "vector", strength=1e4, seed=6)
+    q, k, v, g = (inputs[n] for n in "qkvg")
+
+    def loss(q, k, v, g):
+        o, S = gla(
+            q, k, v, g, initial_state=inputs["initial_state"], output_final_state=True,
+            chunk_size=32, implementation=kernel,
+        )  # fmt: skip
+        return jnp.sum(o**2) + jnp.sum(S**2), o
+
+    grads, o = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, g)
+    assert all(np.isfinite(np.asarray(x)).all() for x in grads)
+    diag = K**-0.5 * jnp.sum(q * k, axis=-1, keepdims=True) * v
+    assert rel_err(o, diag) < FP32_TOL
+
+
+def _lowering_inputs(gate: str | None, segmented: bool, T: int = 256):
+    """Paper-sized heads (K = V = 128) in bf16, the shapes the default blocks are made for."""
+    q = jnp.zeros((1, T, 2, 128), jnp.bfloat16)
+    g = None if gate is None else jnp.zeros((1, T, 2) + ((128,) if gate == "vector" else ()))
+    segment_ids = jnp.zeros((1, T), jnp.int32) if segmented else None
+    return q, g, segment_ids
+
+
+def _lower(op, platform: str, gate: str | None, segmented: bool, chunk_size: int):
+    q, g, segment_ids = _lowering_inputs(gate, segmented)
+
+    def loss(q, k, v, g):
+        o, S = op(
+            q, k, v, g, scale=0.1, initial_state=None, segment_ids=segment_ids,
+            chunk_size=chunk_size, interpret=False,
+        )  # fmt: skip
+        return jnp.sum(o) + jnp.sum(S)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2) if g is None else (0, 1, 2, 3))
+    return jax.jit(grad).trace(q, q, q, g).lower(lowering_platforms=(platform,))
+
+
+@pytest.mark.parametrize("segmented", [False, True])
+@pytest.mark.parametrize("gate", GATES)
+def test_tpu_lowering_default_blocks(gate: str | None, segmented: bool) -> None:
+    """Forward and backward kernels lower through Mosaic for TPU, from this CPU host."""
+    lowered = _lower(
+        pallas_tpu.gla_pallas_tpu, "tpu", gate, segmented, pallas_tpu.DEFAULT_BLOCKS.chunk
+    )
+    assert lowered.as_text().count("tpu_custom_call") == 2
+
+
+@pytest.mark.parametrize("segmented", [False, True])
+@pytest.mark.parametrize("gate", GATES)
+def test_gpu_lowering(gate: str | None, segmented: bool) -> None:
+    """Forward and backward kernels lower through Pallas' Triton path for CUDA, from CPU."""
+    lowered = _lower(pallas_gpu.gla_pallas_gpu, "cuda", gate, segmented, 64)
+    assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2
+
+
+def test_default_implementation_per_backend() -> None:
+    assert default_implementation("tpu") == "pallas_tpu"
+    assert default_implementation("cpu") == "xla"
+    assert default_implementation("gpu") == "xla"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gate", GATES)
+def test_gpu_native_matches_reference(gate: str | None) -> None:
+    """On a GPU the kernels compile natively; same checks as in interpret mode."""
+    T = 200
+    segment_ids = segments_from_starts(T, [[1, 16, 50, 128], [100]])
+    compare(make_inputs(T, gate, seed=1), segment_ids=segment_ids, implementation="pallas_gpu")
+
+
+@pytest.mark.tpu
+@pytest.mark.parametrize("gate", GATES)
+def test_tpu_native_matches_reference(gate: str | None) -> None:
+    T = 200
+    segment_ids = segments_from_starts(T, [[1, 16, 50, 128], [100]])
+    compare(make_inputs(T, gate, seed=1), segment_ids=segment_ids, implementation="pallas_tpu")
