@@ -1,5 +1,5 @@
 """One chunk of gated linear attention, forward and backward, on 2-D tiles: the body of the
-Pallas kernels (`pallas_tpu.py`, `pallas_gpu.py`), which carry the state from chunk to chunk.
+Pallas kernels (`linmix.ops.pallas`), which carry the state from chunk to chunk.
 
 Notation (MIXERS.md §1.4): a chunk holds C tokens; q, k [C, K], v [C, V], log-gates g [C, X]
 (X = 1 scalar, X = K per channel; no gate is g = None); S [K, V] the state entering the chunk,
@@ -18,7 +18,7 @@ accurate when decays are strong:
 
 Per-channel gates are computed in sub-chunks of c tokens: pairs inside a sub-chunk use an
 explicit [c, c, K] decay tensor, pairs across sub-chunks meet at the start of the later one, so
-every exponent is <= 0. Segment masks (packed documents) come as `Seg`; all math is fp32.
+every exponent is <= 0. Segment masks (packed documents) come as `layout.Seg`; all math is fp32.
 """
 
 from __future__ import annotations
@@ -29,17 +29,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from linmix.ops.pallas.layout import Chunk, Grads, Seg
+
 _F32 = jnp.float32
 SUBCHUNK = 16
-
-
-class Seg(NamedTuple):
-    """Segment bookkeeping of one chunk (see `chunks.segment_masks`)."""
-
-    col: jax.Array  # [C, 1] int32 segment id per token
-    row: jax.Array  # [1, C] the same ids as a row
-    reads: jax.Array  # [C, 1] fp32 1 where the query still reads the carried state
-    inlast: jax.Array  # [C, 1] fp32 1 where the key belongs to the segment open at the chunk end
 
 
 def dot(a: jax.Array, b: jax.Array, *, ta: bool = False, tb: bool = False, exact: bool = False):
@@ -63,6 +56,22 @@ def _tri(C: int, pattern: str) -> jax.Array:
 
 def _masked_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask, jnp.exp(jnp.where(mask, x, 0.0)), 0.0)
+
+
+class ChunkMath(NamedTuple):
+    """The per-chunk math the kernel runners (`linmix.ops.pallas`) call; `subchunk` is the
+    sub-chunk length for per-channel gates (a chunk of its own length: no secondary chunking)."""
+
+    subchunk: int = SUBCHUNK
+
+    def forward(self, c: Chunk, S: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return _forward(c.q, c.k, c.v, c.g, c.g_row, S, c.seg, self.subchunk)
+
+    def backward(self, c: Chunk, S: jax.Array, lam: jax.Array, do: jax.Array) -> Grads:
+        dq, dk, dv, dg, lam_prev = _backward(
+            c.q, c.k, c.v, c.g, c.g_row, S, lam, do, c.seg, self.subchunk
+        )
+        return Grads(dq, dk, dv, dg, None, lam_prev)
 
 
 class _Gate(NamedTuple):
@@ -112,7 +121,7 @@ def _scalar_decay(g_row: jax.Array | None, b: jax.Array | float, mask: jax.Array
     return _masked_exp(b - b_row, mask)
 
 
-def forward(q, k, v, g, g_row, S, seg: Seg | None, subchunk: int = SUBCHUNK):
+def _forward(q, k, v, g, g_row, S, seg: Seg | None, subchunk: int):
     """One chunk of the forward pass. Returns (o [C, V] unscaled, S_next [K, V])."""
     q, k, v = (x.astype(_F32) for x in (q, k, v))
     gate = _gate(None if g is None else g.astype(_F32), q.shape[1], seg)
@@ -127,7 +136,7 @@ def forward(q, k, v, g, g_row, S, seg: Seg | None, subchunk: int = SUBCHUNK):
     return o, gate.a_col * S + dot(kd, v, ta=True)
 
 
-def backward(q, k, v, g, g_row, S, lam, do, seg: Seg | None, subchunk: int = SUBCHUNK):
+def _backward(q, k, v, g, g_row, S, lam, do, seg: Seg | None, subchunk: int):
     """One chunk of the backward pass; `do` is the output cotangent times the scale.
 
     Returns (dq, dk, dv, dg or None, lam_prev), lam_prev the gradient of the entering state.

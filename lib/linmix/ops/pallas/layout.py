@@ -1,0 +1,104 @@
+"""The kernel layout of a chunked engine's inputs, and the per-chunk values a kernel body sees.
+
+Heads are folded into the batch and time is zero-padded to N * C chunks:
+q, k [BH, Tp, K]; v [BH, Tp, V]; g [BH, Tp, X] (X = 1 scalar, K per channel) or None; g_row
+[BH * N, 1, C] (scalar gates as rows, for pair decays) or None; beta [BH, Tp, 1] or None. The
+segment arrays are per batch row (index bh // H): seg_col [B, Tp, 1] int32, seg_row [B * N, 1, C],
+reads / inlast [B, Tp, 1] fp32 (see `gla.chunks.segment_masks`), or None.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from linmix.ops.gla import chunks
+
+_F32 = jnp.float32
+
+
+class Seg(NamedTuple):
+    """Segment bookkeeping of one chunk."""
+
+    col: jax.Array  # [C, 1] int32 segment id per token
+    row: jax.Array  # [1, C] the same ids as a row
+    reads: jax.Array  # [C, 1] fp32 1 where the query still reads the carried state
+    inlast: jax.Array  # [C, 1] fp32 1 where the key belongs to the segment open at the chunk end
+
+
+class Chunk(NamedTuple):
+    """One chunk's values inside a kernel (None where the engine or call has no such input)."""
+
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    g: jax.Array | None
+    g_row: jax.Array | None
+    beta: jax.Array | None
+    seg: Seg | None
+
+
+class Grads(NamedTuple):
+    """One chunk's gradients; lam_prev is the gradient of the state entering the chunk."""
+
+    dq: jax.Array
+    dk: jax.Array
+    dv: jax.Array
+    dg: jax.Array | None
+    dbeta: jax.Array | None
+    lam_prev: jax.Array
+
+
+class Inputs(NamedTuple):
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    g: jax.Array | None
+    g_row: jax.Array | None
+    beta: jax.Array | None
+    seg_col: jax.Array | None
+    seg_row: jax.Array | None
+    reads: jax.Array | None
+    inlast: jax.Array | None
+    heads: int
+
+    def token_arrays(self) -> list[jax.Array]:
+        """The per-head [BH, Tp, D] arrays, in the order kernels read them."""
+        return [a for a in (self.q, self.k, self.v, self.g, self.beta) if a is not None]
+
+
+def fold(x_BTHD: jax.Array, C: int) -> jax.Array:
+    """[B, T, H, D] -> [B * H, Tp, D], zero-padded in time."""
+    B, T, H, D = x_BTHD.shape
+    Tp = -(-T // C) * C
+    x = jnp.pad(x_BTHD, ((0, 0), (0, Tp - T), (0, 0), (0, 0)))
+    return x.transpose(0, 2, 1, 3).reshape(B * H, Tp, D)
+
+
+def unfold(x: jax.Array, B: int, T: int) -> jax.Array:
+    """[B * H, Tp, D] -> [B, T, H, D]."""
+    BH, Tp, D = x.shape
+    return x.reshape(B, BH // B, Tp, D).transpose(0, 2, 1, 3)[:, :T]
+
+
+def prepare(q, k, v, g_BTHX, segment_ids, C: int, beta_BTH=None) -> Inputs:
+    B, T, H, _ = q.shape
+    g = None if g_BTHX is None else fold(g_BTHX, C).astype(_F32)
+    g_row = None
+    if g is not None and g.shape[-1] == 1:
+        g_row = g.reshape(-1, 1, C)
+    beta = None if beta_BTH is None else fold(beta_BTH[..., None], C)
+    seg = (None,) * 4
+    if segment_ids is not None:
+        masks = chunks.segment_masks(segment_ids, C)
+        Tp = -(-T // C) * C
+        seg_BT = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, Tp - T)), mode="edge")
+        seg = (
+            seg_BT[..., None],
+            seg_BT.reshape(-1, 1, C),
+            masks.reads_state_BNC.reshape(B, Tp, 1).astype(_F32),
+            masks.in_last_seg_BNC.reshape(B, Tp, 1).astype(_F32),
+        )
+    return Inputs(fold(q, C), fold(k, C), fold(v, C), g, g_row, beta, *seg, heads=H)
