@@ -106,15 +106,16 @@ def compare(
     final: bool = True,
     use_qk_l2norm: bool = True,
     tol: float = FP32_TOL,
+    implementation: str = "xla",
 ) -> None:
-    """Assert chunked == reference for outputs and all gradients, and that all are finite."""
+    """Assert form == reference for outputs and all gradients, and that all are finite."""
     T = inputs["q"].shape[1]
     cotangents = tuple(
         jnp.asarray(normal(99, i, s)) for i, s in enumerate([(B, T, H, V), (B, H, K, V)])
     )
     kwargs = dict(segment_ids=segment_ids, cotangents=cotangents, final=final)
     kwargs.update(use_qk_l2norm=use_qk_l2norm)
-    got = run_with_grads(inputs, implementation="xla", chunk_size=chunk_size, **kwargs)
+    got = run_with_grads(inputs, implementation=implementation, chunk_size=chunk_size, **kwargs)
     want = run_with_grads(inputs, implementation="reference", chunk_size=16, **kwargs)
     for name, a, b in zip(("o", "final_state")[: len(want[0])], got[0], want[0], strict=True):
         assert np.isfinite(np.asarray(a, np.float32)).all(), name

@@ -6,13 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linmix.ops.delta import reference, xla
+from linmix.ops.delta import pallas_gpu, pallas_tpu, reference, xla
 from linmix.ops.delta.normalize import l2_normalize
+from linmix.ops.gla.api import default_implementation
 
-IMPLEMENTATIONS = ("xla", "reference")
+IMPLEMENTATIONS = ("xla", "reference", "pallas_tpu", "pallas_gpu")
 _FORMS = {
     "xla": xla.delta_rule_chunked,
     "reference": reference.delta_rule_reference,
+    "pallas_tpu": pallas_tpu.delta_rule_pallas_tpu,
+    "pallas_gpu": pallas_gpu.delta_rule_pallas_gpu,
 }
 
 
@@ -49,14 +52,16 @@ def delta_rule(
       chunk_size: chunk length of the chunked algorithm; a positive power of two.
       use_qk_l2norm: L2-normalise q and k over K (in fp32, differentiably) before anything else,
         as DeltaNet and Gated DeltaNet do.
-      implementation: None or 'xla' (chunked WY / UT form, default; custom backward that stores
-        no per-token state) or 'reference' (per-token scan).
+      implementation: None (the backend's best, `linmix.ops.gla.default_implementation`), 'xla'
+        (chunked WY / UT form; custom backward that stores no per-token state), 'pallas_tpu' /
+        'pallas_gpu' (the chunked form as fused Pallas kernels, forward and backward; interpret
+        mode on CPU) or 'reference' (per-token scan).
 
     Returns:
       (o, final_state): o [B, T, H, V] in q.dtype; final_state [B, H, K, V] fp32, or None when
       output_final_state is False.
     """
-    impl = "xla" if implementation is None else implementation
+    impl = default_implementation() if implementation is None else implementation
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
     _validate(q, k, v, beta, g, initial_state, segment_ids, chunk_size)
@@ -64,7 +69,9 @@ def delta_rule(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if use_qk_l2norm:
         q, k = l2_normalize(q), l2_normalize(k)
-    extra = {"chunk_size": chunk_size} if impl == "xla" else {}
+    extra = {} if impl == "reference" else {"chunk_size": chunk_size}
+    if impl.startswith("pallas"):  # a kernel asked for on a CPU backend runs in interpret mode
+        extra["interpret"] = jax.default_backend() == "cpu"
     o_BTHV, S_BHKV = _FORMS[impl](
         q,
         k,

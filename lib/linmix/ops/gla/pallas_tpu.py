@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from linmix.ops.gla import kernel_chunk, kernel_op
-from linmix.ops.pallas import tpu
+from linmix.ops.gla import kernel_chunk
+from linmix.ops.pallas import op, tpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +21,6 @@ class BlockSizes:
 
 DEFAULT_BLOCKS = BlockSizes()
 
-gla_pallas_tpu = kernel_op.make_op(
+gla_pallas_tpu = op.make_op(
     tpu.forward, tpu.backward, kernel_chunk.ChunkMath(DEFAULT_BLOCKS.subchunk)
 )
