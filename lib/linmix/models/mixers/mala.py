@@ -72,6 +72,7 @@ class MALA(Mixer, nnx.Module):
     Options = MALAOptions
     causal = False
     permutation_equivariant = False  # RoPE and LePE see the grid positions
+    readout = staticmethod(mala_attention)  # (q, k, v, grid, *, scale, rope, eps) -> o fp32
 
     @classmethod
     def check(cls, cfg, opts) -> None:
@@ -99,7 +100,7 @@ class MALA(Mixer, nnx.Module):
         grid = grid_shape(self.name, t, self.grid_height)
         h = self.num_heads
         q, k, v_BTD = self.q(x_BTD), self.k(x_BTD), self.v(x_BTD)
-        o_BTHV = mala_attention(
+        o_BTHV = self.readout(
             q.reshape(b, t, h, -1),
             k.reshape(b, t, h, -1),
             v_BTD.reshape(b, t, h, -1),

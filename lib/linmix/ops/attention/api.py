@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from linmix.ops.attention.reference import attention_reference
 from linmix.ops.attention.xla import attention_xla
+from linmix.ops.checks import check_segment_ids
 
 IMPLEMENTATIONS = ("xla", "reference")
 
@@ -60,8 +60,4 @@ def _validate(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array |
         raise ValueError(f"v must be [B, T, Hkv, Dv] matching k {k.shape}, got {v.shape}")
     if H % Hkv != 0:
         raise ValueError(f"q heads ({H}) must be a multiple of k/v heads ({Hkv})")
-    if segment_ids is not None:
-        if segment_ids.shape != (B, T):
-            raise ValueError(f"segment_ids must be [B, T] = {(B, T)}, got {segment_ids.shape}")
-        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
+    check_segment_ids(segment_ids, B, T)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from linmix.ops.checks import check_chunk_size, check_float_state, check_segment_ids
 from linmix.ops.delta import pallas_gpu, pallas_tpu, reference, xla
 from linmix.ops.delta.normalize import l2_normalize
 from linmix.ops.gla.api import default_implementation
@@ -116,22 +116,6 @@ def _validate(
     for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta), ("g", g)):
         if x is not None and not jnp.issubdtype(x.dtype, jnp.floating):
             raise ValueError(f"{name} must have a float dtype, got {x.dtype}")
-    if initial_state is not None:
-        if initial_state.shape != (B, H, K, V):
-            raise ValueError(
-                f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {initial_state.shape}"
-            )
-        if not jnp.issubdtype(initial_state.dtype, jnp.floating):
-            raise ValueError(f"initial_state must have a float dtype, got {initial_state.dtype}")
-    if segment_ids is not None:
-        if segment_ids.shape != (B, T):
-            raise ValueError(f"segment_ids must be [B, T] = {(B, T)}, got {segment_ids.shape}")
-        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, int | np.integer)
-        or chunk_size <= 0
-        or chunk_size & (chunk_size - 1)
-    ):
-        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
+    check_float_state(initial_state, (B, H, K, V), "[B, H, K, V]")
+    check_segment_ids(segment_ids, B, T)
+    check_chunk_size(chunk_size)

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from linmix.ops.gla.kernel_chunk import _masked_exp, _strict_mask, _tri, dot
+from linmix.ops.gla.chunks import _masked_exp
+from linmix.ops.gla.kernel_chunk import _strict_mask, _tri, dot
 from linmix.ops.pallas.layout import Chunk, Grads, Seg
 
 _F32 = jnp.float32

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from linmix.ops.checks import check_chunk_size, check_segment_ids
 from linmix.ops.gla import features, pallas_gpu, pallas_tpu, reference, scan, xla
 
 IMPLEMENTATIONS = ("xla", "associative_scan", "reference", "pallas_tpu", "pallas_gpu")
@@ -150,15 +150,5 @@ def _validate(
             f"initial_state must be [B, H, K, V{' + 1' if normalize else ''}] = {(B, H, K, V)}, "
             f"got {initial_state.shape}"
         )
-    if segment_ids is not None:
-        if segment_ids.shape != (B, T):
-            raise ValueError(f"segment_ids must be [B, T] = {(B, T)}, got {segment_ids.shape}")
-        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, int | np.integer)
-        or chunk_size <= 0
-        or chunk_size & (chunk_size - 1)
-    ):
-        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
+    check_segment_ids(segment_ids, B, T)
+    check_chunk_size(chunk_size)

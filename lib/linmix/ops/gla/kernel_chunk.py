@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from linmix.ops.gla.chunks import _masked_exp
 from linmix.ops.pallas.layout import Chunk, Grads, Seg
 
 _F32 = jnp.float32
@@ -52,10 +53,6 @@ def _tri(C: int, pattern: str) -> jax.Array:
     """0/1 [C, C]: 'incl' s <= r, 'strict' s < r, 'after' s > r (row r, column s)."""
     r, s = _iota(C)
     return {"incl": s <= r, "strict": s < r, "after": s > r}[pattern].astype(_F32)
-
-
-def _masked_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.where(mask, jnp.exp(jnp.where(mask, x, 0.0)), 0.0)
 
 
 class ChunkMath(NamedTuple):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from linmix.ops.checks import check_chunk_size, check_float_state, check_segment_ids
 from linmix.ops.ssm import chunked, common, reference, scan
 
 IMPLEMENTATIONS = ("chunked", "associative_scan", "reference")
@@ -125,22 +125,6 @@ def _validate(
             raise ValueError(f"{name} must be [Dc] = ({Dc},), got {p.shape}")
     if z is not None and z.shape != x.shape:
         raise ValueError(f"z must have the shape of x {x.shape} ([B, T, Dc]), got {z.shape}")
-    if initial_state is not None:
-        if initial_state.shape != (Bt, Dc, N):
-            raise ValueError(
-                f"initial_state must be [B, Dc, N] = {(Bt, Dc, N)}, got {initial_state.shape}"
-            )
-        if not jnp.issubdtype(initial_state.dtype, jnp.floating):
-            raise ValueError(f"initial_state must have a float dtype, got {initial_state.dtype}")
-    if segment_ids is not None:
-        if segment_ids.shape != (Bt, T):
-            raise ValueError(f"segment_ids must be [B, T] = {(Bt, T)}, got {segment_ids.shape}")
-        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, int | np.integer)
-        or chunk_size <= 0
-        or chunk_size & (chunk_size - 1)
-    ):
-        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
+    check_float_state(initial_state, (Bt, Dc, N), "[B, Dc, N]")
+    check_segment_ids(segment_ids, Bt, T)
+    check_chunk_size(chunk_size)
