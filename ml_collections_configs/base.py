@@ -52,3 +52,15 @@ def train_config() -> ConfigDict:
             progress=True,  # tqdm progress bar with tokens/s
         )
     )
+
+
+def mesh_config() -> ConfigDict:
+    """Device mesh sizes (one may be -1: the rest of the devices). Batches split over data x fsdp,
+    parameters and optimizer state over fsdp (FSDP), time over seq (LASP-2 / LASP-2H)."""
+    return ConfigDict(dict(data=-1, fsdp=1, seq=1, tensor=1))
+
+
+def distributed_config() -> ConfigDict:
+    """Multi-process start: `jax.distributed.initialize()` before anything else when enabled.
+    Empty / 0 / -1 leave the value to JAX's cluster detection (SLURM, Open MPI, TPU pods)."""
+    return ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))

@@ -10,6 +10,7 @@ stalls near 1/N accuracy for hundreds of steps. Variants choose the mixer by reg
     python -m linmix.main --config=ml_collections_configs/mqar.py --workdir=runs/mqar
     python -m linmix.main --config=ml_collections_configs/mqar.py:mixer=gla --workdir=runs/gla
     python -m linmix.main --config=ml_collections_configs/mqar.py --config.train.steps=200 ...
+    python -m linmix.main --config=ml_collections_configs/mqar.py --config.mesh.seq=4 ...
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import sys
 from ml_collections import ConfigDict, FieldReference
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from base import mixer_options, parse_variant, train_config  # noqa: E402
+from base import (  # noqa: E402
+    distributed_config,
+    mesh_config,
+    mixer_options,
+    parse_variant,
+    train_config,
+)
 
 VARIANTS = {"mixer": "attention"}
 
@@ -63,6 +70,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     )
     config.train = train_config()
     config.train.lr = 3e-3
+    config.mesh = mesh_config()  # e.g. --config.mesh.seq=4: LASP-2 over 4 devices
+    config.distributed = distributed_config()
     return config
 
 

@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not _WORKDIR.value:
         _fail("--workdir is required")
 
+    if config.get("distributed") is not None and config.distributed.enabled:
+        from linmix.parallel import initialize_distributed  # before any other JAX call
+
+        dc = config.distributed
+        initialize_distributed(dc.coordinator_address, dc.num_processes, dc.process_id)
+
     from linmix.train.validate import ConfigError, validate
 
     try:

@@ -116,3 +116,35 @@ def test_delta_rule_sharded_matches_unsharded(mesh_name: str, gated: bool, segme
         x,
         mesh,
     )
+
+
+def test_gla_sharded_normalized_matches_unsharded():
+    """Normalised linear attention (denominator z_t): the denominator travels as one more value
+    column through the prefix; positive features keep it away from zero."""
+    mesh = _mesh("data2_seq4")
+    seg = _segments(T)
+    x = _inputs("scalar", seed=2)
+    x = {n: (jax.nn.elu(a) + 1 if n in ("q", "k") else a) for n, a in x.items()}
+    x["initial_state"] = jnp.abs(jnp.concatenate([x["initial_state"]] * 2, -1)[..., : V + 1])
+    sharded = gla_sharded(mesh)
+
+    def kwargs(x):
+        return dict(g=x["g"], initial_state=x["initial_state"], output_final_state=True,
+                    segment_ids=seg, normalize=True, chunk_size=8)  # fmt: skip
+
+    ct = jax.random.normal(jax.random.key(9), (B, T, H, V))
+    ct_S = jax.random.normal(jax.random.key(10), (B, H, K, V + 1))
+
+    def loss(run):
+        def f(x):
+            o, S = run(x)
+            return jnp.sum(o * ct) + jnp.sum(S * ct_S), (o, S)
+
+        return jax.jit(jax.grad(f, has_aux=True))
+
+    with jax.set_mesh(mesh):
+        grads, (o, S) = loss(lambda x: sharded(x["q"], x["k"], x["v"], **kwargs(x)))(x)
+    want_grads, (want_o, want_S) = loss(lambda x: gla(x["q"], x["k"], x["v"], **kwargs(x)))(x)
+    assert rel_err(o, want_o) < TOL and rel_err(S, want_S) < TOL
+    for name in want_grads:
+        assert rel_err(grads[name], want_grads[name]) < TOL, name

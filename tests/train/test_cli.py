@@ -20,6 +20,10 @@ CFG = "--config=ml_collections_configs/mqar.py"
         ([CFG, "--config.data.num_kv_pairs=20"], "Too many key-value pairs"),
         ([CFG, "--config.model.num_layers=3", "--config.model.layer_pattern=LA"], "layer_pattern"),
         ([CFG, "--config.train.lr=-1.0"], "train.lr"),
+        ([CFG, "--config.mesh.seq=3"], "mesh: mesh {'data': -1, 'fsdp': 1, 'seq': 3"),
+        ([CFG, "--config.mesh.tensor=2"], "tensor parallelism is not implemented"),
+        ([CFG, "--config.mesh.seq=8", "--config.data.seq_len=60"], "not divisible by mesh.seq"),
+        ([CFG, "--config.mesh.fsdp=8", "--config.train.batch_size=4"], "data x fsdp = 8"),
     ],
 )
 def test_bad_config_one_line_error(tmp_path, args, needle):

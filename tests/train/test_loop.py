@@ -31,7 +31,7 @@ def tiny_config(**train):
     config.model.d_model = 16
     config.model.chunk_size = 8
     t = config.train
-    t.steps, t.batch_size, t.warmup_steps = 8, 4, 2
+    t.steps, t.batch_size, t.warmup_steps = 8, 8, 2  # batch over the 8 test devices
     t.log_every, t.eval_every, t.checkpoint_every, t.eval_examples = 2, 4, 4, 8
     t.progress = False
     for k, v in train.items():

@@ -6,6 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from linmix.parallel.context import active
+from linmix.parallel.halo import with_halo
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -60,6 +63,20 @@ def rotary(x_BTHK: jax.Array, pos_BT: jax.Array, base: float = 10000.0) -> jax.A
     return out.astype(x_BTHK.dtype)
 
 
+def causal_conv(x_BTC: jax.Array, segment_ids_BT: jax.Array | None, kernel_WC: jax.Array):
+    """y_t = sum_j kernel[j] * x_{t-j} over j < W, only over x_{t-j} in t's segment."""
+    w_W11C = kernel_WC[:, None, None, :]
+    y_BTC = x_BTC * w_W11C[0]
+    for j in range(1, kernel_WC.shape[0]):
+        shifted_BTC = jnp.pad(x_BTC, ((0, 0), (j, 0), (0, 0)))[:, : x_BTC.shape[1]]
+        if segment_ids_BT is not None:
+            seg_prev_BT = jnp.pad(segment_ids_BT, ((0, 0), (j, 0)), constant_values=-1)
+            same_BT = seg_prev_BT[:, : x_BTC.shape[1]] == segment_ids_BT
+            shifted_BTC = jnp.where(same_BT[..., None], shifted_BTC, 0)
+        y_BTC = y_BTC + shifted_BTC * w_W11C[j]
+    return y_BTC
+
+
 class ShortConv(nnx.Module):
     """Causal depthwise convolution of width w over time, reset at segment boundaries.
 
@@ -75,17 +92,13 @@ class ShortConv(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_BTC: jax.Array, segment_ids_BT: jax.Array | None = None) -> jax.Array:
-        w_W11C = self.kernel[...].astype(self.dtype)[:, None, None, :]
+        kernel_WC = self.kernel[...].astype(self.dtype)
         x_BTC = x_BTC.astype(self.dtype)
-        y_BTC = x_BTC * w_W11C[0]
-        for j in range(1, self.width):
-            shifted_BTC = jnp.pad(x_BTC, ((0, 0), (j, 0), (0, 0)))[:, : x_BTC.shape[1]]
-            if segment_ids_BT is not None:
-                seg_prev_BT = jnp.pad(segment_ids_BT, ((0, 0), (j, 0)), constant_values=-1)
-                same_BT = seg_prev_BT[:, : x_BTC.shape[1]] == segment_ids_BT
-                shifted_BTC = jnp.where(same_BT[..., None], shifted_BTC, 0)
-            y_BTC = y_BTC + shifted_BTC * w_W11C[j]
-        return y_BTC
+        sp = active()
+        if sp is None:
+            return causal_conv(x_BTC, segment_ids_BT, kernel_WC)
+        # Sequence sharded: each shard also reads the previous shard's last width - 1 inputs.
+        return with_halo(causal_conv, x_BTC, segment_ids_BT, self.width - 1, sp, kernel_WC)
 
     def init_cache(self, batch: int) -> jax.Array:
         """The decode cache: the last width - 1 inputs, zeros before the sequence starts."""

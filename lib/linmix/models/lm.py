@@ -14,6 +14,7 @@ from flax import nnx
 from linmix.models.config import ModelConfig
 from linmix.models.layers import DTYPES, GLUMLP, rms_norm
 from linmix.models.mixers import REGISTRY
+from linmix.parallel.context import shard_tokens
 
 REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -81,10 +82,10 @@ class LM(nnx.Module):
 
     def hidden(self, tokens_BT: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """Final-norm hidden states [B, T, D], before the vocabulary projection."""
-        x_BTD = self.embed(tokens_BT)
+        x_BTD = shard_tokens(self.embed(tokens_BT))
 
         def body(h_BTD, unit):
-            return unit(h_BTD, segment_ids), None
+            return shard_tokens(unit(h_BTD, segment_ids)), None
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=REMAT[self.remat])

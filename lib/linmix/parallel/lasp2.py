@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from linmix.ops.delta import delta_rule
 from linmix.ops.gla import gla
+from linmix.ops.gla.features import divide_by_denominator, with_denominator
 
 _F32 = jnp.float32
 
@@ -67,9 +68,17 @@ def _prefix(a_W, M_W, S0, seq_axis: str, *, transition: bool = False):
     return jnp.stack(entering)[lax.axis_index(seq_axis)], S
 
 
+def place(x: jax.Array, mesh, spec: P) -> jax.Array:
+    """`x` laid out as `spec` on `mesh`: `jax.reshard` on an Explicit mesh (it does no implicit
+    resharding), a sharding constraint on an Auto one."""
+    if all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        return jax.reshard(x, spec)
+    return lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+
 def _shard_map(fn, mesh, args: dict, specs: dict, out_specs):
     """shard_map over the inputs that are present (None entries are passed through as None),
-    resharded to their specs first (explicit-sharding meshes do no implicit resharding)."""
+    each placed as its spec first."""
     names = [n for n, x in args.items() if x is not None]
 
     def body(*xs):
@@ -81,7 +90,7 @@ def _shard_map(fn, mesh, args: dict, specs: dict, out_specs):
         in_specs=tuple(specs[n] for n in names),
         out_specs=out_specs,
         check_vma=False,
-    )(*(jax.reshard(args[n], specs[n]) for n in names))
+    )(*(place(args[n], mesh, specs[n]) for n in names))
 
 
 def gla_sharded(mesh, seq_axis: str = "seq"):
@@ -95,8 +104,8 @@ def gla_sharded(mesh, seq_axis: str = "seq"):
     def run(q, k, v, g=None, *, scale=None, initial_state=None, output_final_state=False,
             segment_ids=None, normalize=False, chunk_size=64, implementation=None):  # fmt: skip
         B, T, H, K = q.shape
-        if normalize:
-            raise NotImplementedError("gla_sharded: normalize=True is not supported")
+        if normalize:  # the denominator is one more value column, divided out at the end
+            v = with_denominator(v)
         scale = K**-0.5 if scale is None else scale
         S0 = jnp.zeros((B, H, K, v.shape[-1]), _F32) if initial_state is None else initial_state
         local = partial(gla, scale=scale, chunk_size=chunk_size, implementation=implementation)
@@ -117,6 +126,8 @@ def gla_sharded(mesh, seq_axis: str = "seq"):
         args = dict(q=q, k=k, v=v, g=g, S0=S0, seg=segment_ids)
         specs = dict(q=spec_T, k=spec_T, v=spec_T, g=spec_T, S0=spec_B, seg=spec_T)
         o, S = _shard_map(shard, mesh, args, specs, (spec_T, spec_B))
+        if normalize:
+            o = divide_by_denominator(o.astype(_F32)).astype(q.dtype)
         return o, (S if output_final_state else None)
 
     return run

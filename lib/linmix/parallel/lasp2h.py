@@ -6,8 +6,9 @@
 - `attention_ring`: ring attention, for comparison only: W steps, each attending to the K, V
   block in hand (online softmax, fp32) and passing it on with a collective-permute.
 
-Both take `attention(q, k, v, *, scale, segment_ids)` arguments (causal; q, k, v with the same
-heads) and run inside a fully manual `shard_map` (batch over the other mesh axes).
+Both take `attention(q, k, v, *, scale, segment_ids)` arguments (causal; the all-gather also
+takes grouped-query k, v and a sliding `window`; the ring needs q, k, v with the same heads) and
+run inside a fully manual `shard_map` (batch over the other mesh axes).
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ _F32 = jnp.float32
 _NEG = -1e30  # finite: a fully masked block must not turn the online softmax into NaN
 
 
-def _scores(q, k, scale, q_pos, k_pos, q_seg, k_seg):
-    """Masked fp32 logits [B, H, Tq, Tk] by global positions and segment ids."""
+def _scores(q, k, scale, q_pos, k_pos, q_seg, k_seg, window=None):
+    """Masked fp32 logits [B, H, Tq, Tk] by global positions (causal, optionally a sliding
+    window: q_pos - window < k_pos) and segment ids."""
     s = scale * jnp.einsum("bqhd,bkhd->bhqk", q.astype(_F32), k.astype(_F32))
-    mask = (k_pos[None, :] <= q_pos[:, None])[None] & (q_seg[:, :, None] == k_seg[:, None, :])
+    visible = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        visible &= k_pos[None, :] > q_pos[:, None] - window
+    mask = visible[None] & (q_seg[:, :, None] == k_seg[:, None, :])
     return jnp.where(mask[:, None], s, _NEG)
 
 
@@ -36,16 +41,18 @@ def _local_positions(Tl: int, seq_axis: str):
 def attention_allgather_kv(mesh, seq_axis: str = "seq"):
     spec_T, _ = _specs(mesh, seq_axis)
 
-    def run(q, k, v, *, scale=None, segment_ids=None):
+    def run(q, k, v, *, scale=None, segment_ids=None, window=None):
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         seg = jnp.zeros(q.shape[:2], jnp.int32) if segment_ids is None else segment_ids
+        groups = q.shape[2] // k.shape[2]  # grouped-query heads: gather Hkv heads, then repeat
 
         def shard(q, k, v, seg):
             k_all, v_all, seg_all = (lax.all_gather(x, seq_axis, axis=1, tiled=True)
                                      for x in (k, v, seg))  # fmt: skip
+            k_all, v_all = (jnp.repeat(x, groups, axis=2) for x in (k_all, v_all))
             Tl = q.shape[1]
             s = _scores(q, k_all, scale, _local_positions(Tl, seq_axis),
-                        jnp.arange(k_all.shape[1]), seg, seg_all)  # fmt: skip
+                        jnp.arange(k_all.shape[1]), seg, seg_all, window)  # fmt: skip
             o = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1), v_all.astype(_F32))
             return o.astype(q.dtype)
 

@@ -2,8 +2,8 @@
 
     mesh_from_sizes({"data": -1, "seq": 4})   # 8 devices -> data=2, fsdp=1, seq=4, tensor=1
 
-Every axis is Explicit (JAX's default for `jax.make_mesh`). Bad sizes fail with one line that
-says what was asked and how many devices there are.
+Axes are Explicit by default (as `jax.make_mesh`'s), Auto on request. Bad sizes fail with one line
+that says what was asked and how many devices there are.
 """
 
 from __future__ import annotations
@@ -39,9 +39,28 @@ def resolve_sizes(sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
     return full
 
 
-def mesh_from_sizes(sizes: Mapping[str, int], devices=None) -> jax.sharding.Mesh:
-    """A mesh over `devices` (default: all) with the four axes, sizes from `resolve_sizes`."""
+def mesh_from_sizes(
+    sizes: Mapping[str, int], devices=None, *, explicit: bool = True
+) -> jax.sharding.Mesh:
+    """A mesh over `devices` (default: all) with the four axes, sizes from `resolve_sizes`.
+    `explicit=False` gives Auto axes (the compiler propagates shardings; the trainer's mode)."""
     devices = jax.devices() if devices is None else devices
     full = resolve_sizes(sizes, len(devices))
-    explicit = (jax.sharding.AxisType.Explicit,) * len(AXES)
-    return jax.make_mesh(tuple(full[a] for a in AXES), AXES, axis_types=explicit, devices=devices)
+    kind = jax.sharding.AxisType.Explicit if explicit else jax.sharding.AxisType.Auto
+    shape = tuple(full[a] for a in AXES)
+    return jax.make_mesh(shape, AXES, axis_types=(kind,) * len(AXES), devices=devices)
+
+
+def initialize_distributed(
+    coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
+    """`jax.distributed.initialize()` for a multi-process run; empty / 0 / -1 arguments are left
+    to JAX's cluster detection (SLURM, Open MPI, TPU pod metadata)."""
+    kwargs = {}
+    if coordinator_address:
+        kwargs["coordinator_address"] = coordinator_address
+    if num_processes > 0:
+        kwargs["num_processes"] = num_processes
+    if process_id >= 0:
+        kwargs["process_id"] = process_id
+    jax.distributed.initialize(**kwargs)

@@ -13,10 +13,18 @@ from flax import nnx
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from linmix.data import eval_batches, make_mqar_sources, train_iterator
+from linmix.data import IGNORE_INDEX, eval_batches, make_mqar_sources, train_iterator
 from linmix.models import ModelConfig
+from linmix.parallel import mesh_from_sizes
 from linmix.train.checkpoint import Checkpointer
 from linmix.train.metrics import MetricWriter
+from linmix.train.sharding import (
+    batch_sharding,
+    in_mesh,
+    put_batch,
+    state_shardings,
+    with_shardings,
+)
 from linmix.train.state import init_state, make_optimizer
 from linmix.train.step import eval_step, train_step
 from linmix.train.validate import validate
@@ -43,13 +51,26 @@ def build_data(config: ConfigDict):
     return it, test_src
 
 
-def evaluate(eval_fn, model, test_src, config: ConfigDict) -> float:
-    """MQAR accuracy: mean over test examples of the accuracy over their supervised positions."""
+def evaluate(eval_fn, model, test_src, config: ConfigDict, sharding) -> float:
+    """MQAR accuracy: mean over test examples of the accuracy over their supervised positions.
+
+    A short last batch is padded to the full batch with unsupervised rows, which are left out
+    (every MQAR example supervises its queries). Results are replicated to every process.
+    """
     n = min(config.train.eval_examples, len(test_src))
+    full = config.train.batch_size // jax.process_count()
     per_example = []
     for batch in eval_batches(test_src, batch_size=config.train.batch_size, num_examples=n):
-        out = jax.device_get(eval_fn(model, batch))
-        per_example.append(out["correct_B"] / np.maximum(out["supervised_B"], 1))
+        pad = full - len(batch["inputs"])
+        if pad:
+            fill = {"targets": IGNORE_INDEX}
+            batch = {
+                k: np.concatenate([v, np.full((pad, *v.shape[1:]), fill.get(k, 0), v.dtype)])
+                for k, v in batch.items()
+            }
+        out = jax.device_get(eval_fn(model, put_batch(batch, sharding)))
+        real = out["supervised_B"] > 0
+        per_example.append(out["correct_B"][real] / out["supervised_B"][real])
     return float(np.concatenate(per_example).mean())
 
 
@@ -60,7 +81,9 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     tc = config.train
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    primary = jax.process_index() == 0  # writes metrics and the config; all processes checkpoint
+    if primary:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     tx = make_optimizer(
         lr=tc.lr,
@@ -73,6 +96,9 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
         clip_norm=tc.clip_norm,
     )
     init_fn = functools.partial(init_state, model_cfg, tx, config.seed)
+    mesh = mesh_from_sizes(config.mesh.to_dict(), explicit=False)
+    abstract = jax.eval_shape(init_fn)
+    state_sh, batch_sh = state_shardings(abstract, mesh), batch_sharding(mesh)
     data_iter, test_src = build_data(config)
     ckpt = Checkpointer(
         workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints
@@ -80,28 +106,41 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
 
     start = ckpt.latest_step()
     if start is None:
-        state = jax.jit(init_fn)()
+        state = jax.jit(init_fn, out_shardings=state_sh)()
         start = 0
     else:
-        state = ckpt.restore(start, jax.eval_shape(init_fn), data_iter)
+        state = ckpt.restore(start, with_shardings(abstract, state_sh), data_iter)
         log.warning("resumed from %s at step %d", ckpt.directory, start)
         print(f"linmix: resuming from checkpoint at step {start}", flush=True)
     _log_model(model_cfg, state.model)
 
     # Every MQAR example supervises exactly num_kv_pairs positions: a static bound for the gather.
     per_batch = tc.batch_size * config.data.num_kv_pairs
-    step_fn = jax.jit(functools.partial(train_step, tx=tx, max_targets=per_batch), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, max_targets=per_batch))
-    writer = MetricWriter(workdir, start_step=start)
+    step_fn = jax.jit(
+        in_mesh(mesh, functools.partial(train_step, tx=tx, max_targets=per_batch)),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, None),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(
+        in_mesh(mesh, functools.partial(eval_step, max_targets=per_batch)),
+        in_shardings=(state_sh.model, batch_sh),
+        out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    )
+    writer = MetricWriter(workdir, start_step=start, enabled=primary)
     tokens_per_step = tc.batch_size * config.data.seq_len
     bar = tqdm(
-        total=tc.steps, initial=start, disable=not tc.progress, unit="step", dynamic_ncols=True
+        total=tc.steps,
+        initial=start,
+        disable=not (tc.progress and primary),
+        unit="step",
+        dynamic_ncols=True,
     )
     last = {}
     t_last, step_last = time.perf_counter(), start
     try:
         for step in range(start + 1, tc.steps + 1):
-            state, metrics = step_fn(state, next(data_iter))
+            state, metrics = step_fn(state, put_batch(next(data_iter), batch_sh))
             record = {}
             if step % tc.log_every == 0 or step == tc.steps:
                 metrics = jax.device_get(metrics)  # the only host sync between logs
@@ -111,7 +150,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
                 record.update({k: float(v) for k, v in metrics.items()}, tokens_per_s=tok_s)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
             if step % tc.eval_every == 0 or step == tc.steps:
-                record["eval_accuracy"] = evaluate(eval_fn, state.model, test_src, config)
+                record["eval_accuracy"] = evaluate(eval_fn, state.model, test_src, config, batch_sh)
                 bar.write(f"step {step}: eval_accuracy={record['eval_accuracy']:.4f}")
                 t_last = time.perf_counter()  # keep eval time out of the throughput
             if record:

@@ -12,11 +12,15 @@ class MetricWriter:
     """Append-only JSONL + TensorBoard writer that stays consistent across resumes.
 
     On resume from step `start`, lines logged after the checkpoint (by a run that was killed
-    before its next save) are dropped, so the file reads as one uninterrupted run.
+    before its next save) are dropped, so the file reads as one uninterrupted run. In a
+    multi-process run only the writer with `enabled=True` (process 0) touches the files.
     """
 
-    def __init__(self, workdir: str | Path, *, start_step: int = 0):
+    def __init__(self, workdir: str | Path, *, start_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
         self.path = Path(workdir) / "metrics.jsonl"
+        if not enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_after(start_step)
         self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
@@ -34,6 +38,8 @@ class MetricWriter:
         self.path.write_text("".join(f"{line}\n" for line in kept))
 
     def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -42,7 +48,8 @@ class MetricWriter:
                 self.tb.add_scalar(key, value, step)
 
     def close(self) -> None:
-        self.tb.close()
+        if self.enabled:
+            self.tb.close()
 
 
 def _plain(value):

@@ -7,6 +7,7 @@ from ml_collections import ConfigDict
 
 from linmix.data import validate_mqar_args
 from linmix.models import ModelConfig
+from linmix.parallel.mesh import resolve_sizes
 
 TASKS = ("mqar",)
 
@@ -63,4 +64,33 @@ def validate(config: ConfigDict) -> ModelConfig:
         f"train.batch_size={tc.batch_size} is not divisible by {jax.process_count()} processes",
     )
     _need(d.worker_count >= 0, f"data.worker_count must be >= 0, got {d.worker_count}")
+    _validate_mesh(config, model_cfg)
     return model_cfg
+
+
+def _validate_mesh(config: ConfigDict, model_cfg: ModelConfig) -> None:
+    """Mesh sizes against the devices, the batch and the sequence (LASP-2 shards time)."""
+    try:
+        sizes = resolve_sizes(config.mesh.to_dict(), jax.device_count())
+    except ValueError as e:
+        raise ConfigError(f"mesh: {e}") from None
+    _need(
+        sizes["tensor"] == 1,
+        "mesh.tensor must be 1: tensor parallelism is not implemented (use data, fsdp, seq)",
+    )
+    batch_ways = sizes["data"] * sizes["fsdp"]
+    _need(
+        config.train.batch_size % batch_ways == 0,
+        f"train.batch_size={config.train.batch_size} is not divisible by mesh data x fsdp = "
+        f"{batch_ways}",
+    )
+    T, W = config.data.seq_len, sizes["seq"]
+    _need(T % W == 0, f"data.seq_len={T} is not divisible by mesh.seq={W}")
+    if W > 1:
+        conv = max((int(v) for k, v in model_cfg.mixer_options.items() if k == "conv_size"),
+                   default=4)  # fmt: skip
+        _need(
+            conv <= T // W,
+            f"data.seq_len / mesh.seq = {T // W} tokens per shard; LASP-2 needs at least the "
+            f"short-conv width ({conv})",
+        )

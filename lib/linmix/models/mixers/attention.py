@@ -15,6 +15,8 @@ from linmix.models.layers import dense, positions, rotary
 from linmix.models.mixers.base import Mixer, Options
 from linmix.models.mixers.common import QKV
 from linmix.ops.attention import attention, attention_decode
+from linmix.parallel.context import active
+from linmix.parallel.lasp2h import attention_allgather_kv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +80,9 @@ class Attention(Mixer, nnx.Module):
             pos_BT = positions(segment_ids, b, t) + start
             q_BTHK, k_BTGK = rotary(q_BTHK, pos_BT), rotary(k_BTGK, pos_BT)
         if cache is None:
-            o_BTHK = attention(
-                q_BTHK, k_BTGK, v_BTGK, segment_ids=segment_ids, causal=True, window=self.window
-            )
+            sp = active()  # sequence sharded: LASP-2H, one all-gather of K, V
+            op = attention if sp is None else attention_allgather_kv(sp.mesh, sp.axis)
+            o_BTHK = op(q_BTHK, k_BTGK, v_BTGK, segment_ids=segment_ids, window=self.window)
             return self.o(o_BTHK.reshape(b, t, -1)), None
         k_BSGK, v_BSGK = (
             jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), start, axis=1)

@@ -2,7 +2,8 @@
 
 Each `run_*` takes the engine's inputs and the cached state (None: a whole sequence from the zero
 state, no state returned). With a state, T = 1 runs the engine's decode step and T > 1 its chunked
-form from that state (prefill); both return the new state.
+form from that state (prefill); both return the new state. Inside
+`linmix.parallel.sequence_parallel`, whole sequences run the engine's LASP-2 form over the shards.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ import jax
 from linmix.ops.delta import delta_rule, delta_rule_step
 from linmix.ops.gla import gla, gla_step
 from linmix.ops.ssm import selective_scan, selective_scan_step
+from linmix.parallel.context import active
+from linmix.parallel.lasp2 import delta_rule_sharded, gla_sharded
+from linmix.parallel.lasp2_ssm import selective_scan_sharded
+
+
+def _engine(plain, sharded):
+    """The op itself, or its LASP-2 form when the sequence is sharded."""
+    sp = active()
+    return plain if sp is None else sharded(sp.mesh, sp.axis)
 
 
 def _first(x: jax.Array | None) -> jax.Array | None:
@@ -21,7 +31,9 @@ def _first(x: jax.Array | None) -> jax.Array | None:
 def run_gla(q, k, v, g, *, state=None, segment_ids=None, chunk_size=64, **kw):
     """`gla` (causal) or `gla_step`: (o [B, T, H, V], new state or None)."""
     if state is None:
-        o, _ = gla(q, k, v, g, segment_ids=segment_ids, chunk_size=chunk_size, **kw)
+        o, _ = _engine(gla, gla_sharded)(
+            q, k, v, g, segment_ids=segment_ids, chunk_size=chunk_size, **kw
+        )
         return o, None
     if q.shape[1] == 1:
         o_t, state = gla_step(_first(q), _first(k), _first(v), _first(g), state, **kw)
@@ -34,7 +46,9 @@ def run_gla(q, k, v, g, *, state=None, segment_ids=None, chunk_size=64, **kw):
 def run_delta(q, k, v, beta, g, *, state=None, segment_ids=None, chunk_size=64, **kw):
     """`delta_rule` or `delta_rule_step`: (o [B, T, H, V], new state or None)."""
     if state is None:
-        o, _ = delta_rule(q, k, v, beta, g, segment_ids=segment_ids, chunk_size=chunk_size, **kw)
+        o, _ = _engine(delta_rule, delta_rule_sharded)(
+            q, k, v, beta, g, segment_ids=segment_ids, chunk_size=chunk_size, **kw
+        )
         return o, None
     if q.shape[1] == 1:
         args = (_first(q), _first(k), _first(v), _first(beta), _first(g), state)
@@ -48,7 +62,7 @@ def run_delta(q, k, v, beta, g, *, state=None, segment_ids=None, chunk_size=64, 
 def run_ssm(x, dt, A, B, C, D, z, *, state=None, segment_ids=None, chunk_size=64, **kw):
     """`selective_scan` or `selective_scan_step`: (y [B, T, Dc], new state or None)."""
     if state is None:
-        y, _ = selective_scan(
+        y, _ = _engine(selective_scan, selective_scan_sharded)(
             x, dt, A, B, C, D, z, segment_ids=segment_ids, chunk_size=chunk_size, **kw
         )
         return y, None
