@@ -148,3 +148,17 @@ def test_gla_sharded_normalized_matches_unsharded():
     assert rel_err(o, want_o) < TOL and rel_err(S, want_S) < TOL
     for name in want_grads:
         assert rel_err(grads[name], want_grads[name]) < TOL, name
+
+
+def test_sharded_dispatch():
+    """`linmix.parallel.sharded(op, mesh)` gives the op's LASP-2 form; unknown ops fail clearly."""
+    from linmix.parallel import sharded
+
+    mesh = _mesh("seq8")
+    x = _inputs("scalar", seed=3)
+    with jax.set_mesh(mesh):
+        got, _ = jax.jit(lambda x: sharded(gla, mesh)(x["q"], x["k"], x["v"], x["g"]))(x)
+    want, _ = gla(x["q"], x["k"], x["v"], x["g"])
+    assert rel_err(got, want) < TOL
+    with pytest.raises(TypeError, match="no sequence-parallel form"):
+        sharded(jnp.cumsum, mesh)

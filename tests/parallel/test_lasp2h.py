@@ -98,6 +98,20 @@ def test_all_gather_bytes_formula():
     assert got["all-gather"] == pytest.approx(512 * 7 / 8)
 
 
+def test_tuple_all_reduce_and_mesh_groups():
+    """A combined (tuple) all-reduce counts every array; `replica_groups=mesh[...] {axes}`
+    groups are the listed axes' product; an async all-gather start counts its result only."""
+    text = "\n".join([
+        "%ar = (f32[512,64]{1,0}, f32[64]{0}) all-reduce(%a, %b), channel_id=2, "
+        "replica_groups=mesh['axis_0'=2, 'axis_1'=4] {'axis_1'}, to_apply=%add",
+        "%ags = (f32[8]{0}, f32[64]{0}) all-gather-start(%c), replica_groups=[1,8]<=[8]",
+        "%agd = f32[64]{0} all-gather-done(%ags)",
+    ])  # fmt: skip
+    got = comm.collective_bytes(text, 8)
+    assert got["all-reduce"] == pytest.approx((512 * 64 + 64) * 4 * 2 * 3 / 4)
+    assert got["all-gather"] == pytest.approx(64 * 4 * 7 / 8)
+
+
 def _forward_bytes(run, T_: int, mesh) -> float:
     """Collective bytes per device of one forward call at length T_ (compiled, not run)."""
 

@@ -12,6 +12,7 @@ A collective inside a loop body is counted once (unrolled loops count every step
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 
@@ -22,6 +23,7 @@ _LINE = re.compile(
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
 _IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
 _LIST_GROUPS = re.compile(r"replica_groups=\{\{([\d,\s]*)\}")
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
 
 
 def _itemsize(dtype: str) -> int:
@@ -30,16 +32,19 @@ def _itemsize(dtype: str) -> int:
     return int(re.sub(r"\D", "", dtype)) // 8
 
 
-def _array_bytes(text: str) -> int:
-    """Bytes of the last array in an HLO shape (an async start's tuple ends with its result)."""
-    arrays = _ARRAY.findall(text)
-    if not arrays:
-        return 0
-    dtype, dims = arrays[-1]
-    n = 1
-    for d in filter(None, dims.split(",")):
-        n *= int(d)
-    return n * _itemsize(dtype)
+def _result_bytes(shape: str, op: str, started: bool) -> int:
+    """Bytes of a collective's result from its HLO shape: every array of a (combined, tuple)
+    result, except an async all-gather / permute start, whose tuple is (operand, result)."""
+    arrays = _ARRAY.findall(shape)
+    if started and op != "all-reduce":
+        arrays = arrays[-1:]
+    total = 0
+    for dtype, dims in arrays:
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n * _itemsize(dtype)
+    return total
 
 
 def _group_size(rest: str, default: int) -> int:
@@ -47,6 +52,9 @@ def _group_size(rest: str, default: int) -> int:
         return int(m.group(2))
     if m := _LIST_GROUPS.search(rest):
         return len([x for x in m.group(1).split(",") if x.strip()])
+    if m := _MESH_GROUPS.search(rest):  # mesh['a'=2, 'b'=4] {'b'}: the listed axes' product
+        sizes = {a: int(n) for a, n in re.findall(r"'(\w+)'=(\d+)", m.group(1))}
+        return math.prod(sizes[a] for a in re.findall(r"'(\w+)'", m.group(2)))
     return default
 
 
@@ -71,7 +79,8 @@ def collective_bytes(hlo_text: str, num_devices: int) -> dict[str, float]:
             continue
         op = m.group("op")
         W = _group_size(m.group("rest"), num_devices)
-        out[op] += _sent(op, _array_bytes(m.group("shape")), W)
+        started = line[m.end("op") : m.end("op") + 6] == "-start"
+        out[op] += _sent(op, _result_bytes(m.group("shape"), op, started), W)
     out["total"] = sum(v for k, v in out.items() if k != "total")
     return dict(out)
 
