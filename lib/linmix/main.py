@@ -3,6 +3,8 @@
 Config overrides: `--config.train.steps=200`, `--config.model.mixer_options.use_short_conv=True`.
 The config is locked: an unknown key, a bad value or an unknown mixer exits with a one-line error
 before anything is compiled. Running the same command again resumes from the newest checkpoint.
+Exit codes: 0 done (or stopped by SIGTERM / SIGINT after saving a checkpoint), 2 bad config,
+3 a non-finite step (report in <workdir>/nonfinite.json; the last good checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -67,9 +69,14 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
 
+    from linmix.train.guards import NonFiniteError
     from linmix.train.loop import run
 
-    return run(config, _WORKDIR.value)
+    try:
+        return run(config, _WORKDIR.value)
+    except NonFiniteError as e:
+        print(f"linmix: error: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ def _bad_inputs() -> list[tuple[str, dict]]:
         ("segment shape", dict(ok, segment_ids=jnp.zeros((B, T - 1), jnp.int32))),
         ("segment dtype", dict(ok, segment_ids=jnp.zeros((B, T)))),
         ("implementation", dict(ok, implementation="cudnn")),
+        ("decreasing segments", dict(ok, segment_ids=jnp.flip(jnp.arange(B * T).reshape(B, T), 1))),
     ]
 
 

@@ -323,6 +323,9 @@ def _bad_inputs() -> list[tuple[str, str, dict]]:
         ("chunk zero", "chunk_size", dict(ok, chunk_size=0)),
         ("chunk float", "chunk_size", dict(ok, chunk_size=64.0)),
         ("implementation", "implementation must be one of", dict(ok, implementation="pallas")),
+        ("positive g", "g must be log-decays <= 0", dict(ok, g=jnp.full((B, 8, H), 0.1))),
+        ("decreasing segments", "non-decreasing", dict(
+            ok, segment_ids=jnp.array([[0, 0, 1, 1, 2, 1, 2, 2]] * B, jnp.int32))),
     ]  # fmt: skip
 
 

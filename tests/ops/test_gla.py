@@ -311,6 +311,11 @@ def _bad_inputs() -> list[tuple[str, dict]]:
         ("implementation", dict(ok, implementation="pallas")),
         ("bidirectional state", dict(ok, causal=False, output_final_state=True)),
         ("bidirectional init", dict(ok, causal=False, initial_state=jnp.ones((B, H, K, V)))),
+        ("positive g", dict(ok, g=jnp.full((B, 8, H), 0.1))),
+        (
+            "decreasing segments",
+            dict(ok, segment_ids=jnp.array([[0, 0, 1, 1, 2, 1, 2, 2]] * B, jnp.int32)),
+        ),
     ]
 
 

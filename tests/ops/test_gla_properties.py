@@ -67,7 +67,7 @@ def problems(draw):
     )
 
 
-@settings(max_examples=25, deadline=None, derandomize=True)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(problems())
 def test_random_shapes_match_reference(p: dict) -> None:
     """Any shape, gate kind, strength, segmentation, chunk size and mode: form == oracle."""

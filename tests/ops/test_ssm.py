@@ -322,6 +322,8 @@ def _bad_inputs() -> list[tuple[str, dict]]:
         ("chunk zero", dict(ok, chunk_size=0)),
         ("chunk bool", dict(ok, chunk_size=True)),
         ("implementation", dict(ok, implementation="pallas")),
+        ("positive A", dict(ok, A=jnp.ones((Dc, N)))),
+        ("decreasing segments", dict(ok, segment_ids=jnp.array([[0, 0, 1, 1, 2, 1, 2, 2]] * Bt))),
     ]
 
 

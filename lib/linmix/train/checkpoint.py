@@ -8,6 +8,8 @@ mapped back onto the live structure on restore.
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +52,16 @@ def from_nested(template: Any, nested: dict) -> Any:
 
 
 class Checkpointer:
-    """Saves (train state, data iterator) every `every` steps; restores the newest complete one."""
+    """Saves (train state, data iterator) at multiples of `every` steps (and when forced);
+    restores the newest complete one."""
 
     def __init__(self, directory: str | Path, *, every: int, keep: int):
+        self.every = every
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, save_interval_steps=every, create=True
+                max_to_keep=keep, save_interval_steps=1, create=True
             ),
         )
 
@@ -65,7 +69,7 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> bool:
-        if not (force or self.manager.should_save(step)):
+        if not (force or self.due(step)):
             return False
         return self.manager.save(
             step,
@@ -73,8 +77,12 @@ class Checkpointer:
                 state=ocp.args.StandardSave(to_nested(state)),
                 data=grain.checkpoint.CheckpointSave(data_iter),
             ),
-            force=force,
+            force=True,  # the decision is ours (due or forced)
         )
+
+    def due(self, step: int) -> bool:
+        """Is `step` a regular save step?"""
+        return step % self.every == 0
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
         """Restore `step` into the shapes of `abstract_state`; `data_iter` is reset in place."""
@@ -87,6 +95,44 @@ class Checkpointer:
             ),
         )
         return from_nested(abstract_state, restored.state)
+
+    def restore_latest(self, abstract_state: Any, make_iter) -> tuple[int | None, Any, Any]:
+        """(step, state, data iterator) from the newest checkpoint that restores, or
+        (None, None, make_iter()) when there is none. A checkpoint that fails to restore (files
+        lost or cut short by a crash during save) is moved to `<dir>_corrupt/` with a warning
+        and the next older one is tried; if every one fails, that is an error."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            data_iter = make_iter()
+            try:
+                return step, self.restore(step, abstract_state, data_iter), data_iter
+            except Exception as e:  # noqa: BLE001 - any failure means this one is unusable
+                reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+                self._set_aside(step)
+                log.warning("checkpoint %d could not be restored (%s)", step, reason)
+                print(f"linmix: warning: checkpoint {step} is unreadable ({reason}); set aside "
+                      "in checkpoints_corrupt/, trying an older one", flush=True)  # fmt: skip
+        if steps:
+            raise RuntimeError(
+                f"no checkpoint in {self.directory} could be restored (tried {steps}); the "
+                f"unreadable ones were moved to {self.directory}_corrupt"
+            )
+        return None, None, make_iter()
+
+    def _set_aside(self, step: int) -> None:
+        """Move an unreadable step out of the manager's directory (a resumed run saves that
+        step again)."""
+        if jax.process_index() == 0:
+            src = self.directory / str(step)
+            if src.exists():
+                aside = Path(f"{self.directory}_corrupt")
+                aside.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), str(aside / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"linmix_set_aside_{step}")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -17,6 +17,7 @@ from linmix.data import IGNORE_INDEX, eval_batches, make_mqar_sources, train_ite
 from linmix.models import ModelConfig
 from linmix.parallel import mesh_from_sizes
 from linmix.train.checkpoint import Checkpointer
+from linmix.train.guards import Preemption, check_finite
 from linmix.train.metrics import MetricWriter
 from linmix.train.sharding import (
     batch_sharding,
@@ -30,6 +31,7 @@ from linmix.train.step import eval_step, train_step
 from linmix.train.validate import validate
 
 log = logging.getLogger(__name__)
+UNLOGGED = ("finite", "grads_finite")  # step outputs the guards read, not metrics
 
 
 def build_data(config: ConfigDict):
@@ -45,10 +47,16 @@ def build_data(config: ConfigDict):
         num_passes=d.num_passes,
         random_non_queries=d.random_non_queries,
     )
-    it = train_iterator(
-        train_src, batch_size=config.train.batch_size, seed=config.seed, worker_count=d.worker_count
-    )
-    return it, test_src
+
+    def make_iter():  # a fresh iterator at the start of the data order
+        return train_iterator(
+            train_src,
+            batch_size=config.train.batch_size,
+            seed=config.seed,
+            worker_count=d.worker_count,
+        )
+
+    return make_iter, test_src
 
 
 def evaluate(eval_fn, model, test_src, config: ConfigDict, sharding) -> float:
@@ -99,17 +107,16 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     mesh = mesh_from_sizes(config.mesh.to_dict(), explicit=False)
     abstract = jax.eval_shape(init_fn)
     state_sh, batch_sh = state_shardings(abstract, mesh), batch_sharding(mesh)
-    data_iter, test_src = build_data(config)
+    make_iter, test_src = build_data(config)
     ckpt = Checkpointer(
         workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints
     )
 
-    start = ckpt.latest_step()
+    start, state, data_iter = ckpt.restore_latest(with_shardings(abstract, state_sh), make_iter)
     if start is None:
         state = jax.jit(init_fn, out_shardings=state_sh)()
         start = 0
     else:
-        state = ckpt.restore(start, with_shardings(abstract, state_sh), data_iter)
         log.warning("resumed from %s at step %d", ckpt.directory, start)
         print(f"linmix: resuming from checkpoint at step {start}", flush=True)
     _log_model(model_cfg, state.model)
@@ -138,31 +145,53 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     )
     last = {}
     t_last, step_last = time.perf_counter(), start
-    try:
-        for step in range(start + 1, tc.steps + 1):
-            state, metrics = step_fn(state, put_batch(next(data_iter), batch_sh))
-            record = {}
-            if step % tc.log_every == 0 or step == tc.steps:
-                metrics = jax.device_get(metrics)  # the only host sync between logs
-                now = time.perf_counter()
-                tok_s = tokens_per_step * (step - step_last) / (now - t_last)
-                t_last, step_last = now, step
-                record.update({k: float(v) for k, v in metrics.items()}, tokens_per_s=tok_s)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
-            if step % tc.eval_every == 0 or step == tc.steps:
-                record["eval_accuracy"] = evaluate(eval_fn, state.model, test_src, config, batch_sh)
-                bar.write(f"step {step}: eval_accuracy={record['eval_accuracy']:.4f}")
-                t_last = time.perf_counter()  # keep eval time out of the throughput
-            if record:
-                writer.write(step, record)
-                last.update(record, step=step)
-            ckpt.save(step, state, data_iter, force=step == tc.steps)
-            bar.update(1)
-    finally:
-        bar.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
+    grad_names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+        abstract.model)]  # fmt: skip
+    unchecked = None  # (step, metrics) of the previous step: its finiteness is read one step late
+    with Preemption() as preemption:
+        try:
+            for step in range(start + 1, tc.steps + 1):
+                state, metrics = step_fn(state, put_batch(next(data_iter), batch_sh))
+                if unchecked is not None:  # the previous step is done by now: no pipeline stall
+                    check_finite(*unchecked, grad_names, workdir)
+                unchecked = (step, metrics)
+                record = {}
+                if step % tc.log_every == 0 or step == tc.steps:
+                    metrics = jax.device_get(metrics)  # the only host sync between logs
+                    now = time.perf_counter()
+                    tok_s = tokens_per_step * (step - step_last) / (now - t_last)
+                    t_last, step_last = now, step
+                    record.update(
+                        {k: float(v) for k, v in metrics.items() if k not in UNLOGGED},
+                        tokens_per_s=tok_s,
+                    )
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+                preempted = preemption.reached(step, ckpt.manager)
+                final = step == tc.steps or preempted
+                if final or ckpt.due(step):
+                    check_finite(step, metrics, grad_names, workdir)  # never save a bad step
+                    unchecked = None
+                if step % tc.eval_every == 0 or step == tc.steps:
+                    record["eval_accuracy"] = evaluate(
+                        eval_fn, state.model, test_src, config, batch_sh
+                    )
+                    bar.write(f"step {step}: eval_accuracy={record['eval_accuracy']:.4f}")
+                    t_last = time.perf_counter()  # keep eval time out of the throughput
+                if record:
+                    writer.write(step, record)
+                    last.update(record, step=step)
+                ckpt.save(step, state, data_iter, force=final)
+                bar.update(1)
+                if preempted:
+                    bar.write(f"linmix: stop signal received: saved step {step}; rerun the same "
+                              "command to resume")  # fmt: skip
+                    last.update(step=step, preempted=True)
+                    break
+        finally:
+            bar.close()
+            ckpt.wait()
+            ckpt.close()
+            writer.close()
     return last
 
 

@@ -51,7 +51,11 @@ def train_step(
     (loss, aux), grads = grad_fn(state.model, batch, max_targets)
     updates, opt_state = tx.update(grads, state.opt_state, state.model)
     model = optax.apply_updates(state.model, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads), **aux}
+    grad_norm = optax.tree_utils.tree_norm(grads)
+    metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+    # Checked by the loop (see train/guards.py); not logged.
+    metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    metrics["grads_finite"] = jnp.stack([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)])
     return TrainState(step=state.step + 1, model=model, opt_state=opt_state), metrics
 
 

@@ -6,7 +6,7 @@ import jax
 
 from linmix.ops.attention.reference import attention_reference
 from linmix.ops.attention.xla import attention_xla
-from linmix.ops.checks import check_segment_ids
+from linmix.ops.checks import check_segment_ids, check_segment_order
 
 IMPLEMENTATIONS = ("xla", "reference")
 
@@ -61,3 +61,4 @@ def _validate(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array |
     if H % Hkv != 0:
         raise ValueError(f"q heads ({H}) must be a multiple of k/v heads ({Hkv})")
     check_segment_ids(segment_ids, B, T)
+    check_segment_order(segment_ids)

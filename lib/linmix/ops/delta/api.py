@@ -5,7 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.checks import check_chunk_size, check_float_state, check_segment_ids
+from linmix.ops.checks import (
+    check_chunk_size,
+    check_float_state,
+    check_nonpositive,
+    check_segment_ids,
+    check_segment_order,
+)
 from linmix.ops.delta import pallas_gpu, pallas_tpu, reference, xla
 from linmix.ops.delta.normalize import l2_normalize
 from linmix.ops.gla.api import default_implementation
@@ -96,8 +102,8 @@ def _validate(
     segment_ids: jax.Array | None,
     chunk_size: int,
 ) -> None:
-    """Static shape/dtype checks only: values (0 < beta, g <= 0, sorted ids) can't be checked
-    under jit."""
+    """Shapes and dtypes always; values (g <= 0, sorted ids) on eager calls only (a traced
+    value can't be inspected under jit)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"{name} must have rank 4 [B, T, H, dim], got shape {x.shape}")
@@ -118,4 +124,6 @@ def _validate(
             raise ValueError(f"{name} must have a float dtype, got {x.dtype}")
     check_float_state(initial_state, (B, H, K, V), "[B, H, K, V]")
     check_segment_ids(segment_ids, B, T)
+    check_nonpositive("g", g)
+    check_segment_order(segment_ids)
     check_chunk_size(chunk_size)

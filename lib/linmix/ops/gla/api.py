@@ -5,7 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.checks import check_chunk_size, check_segment_ids
+from linmix.ops.checks import (
+    check_chunk_size,
+    check_nonpositive,
+    check_segment_ids,
+    check_segment_order,
+)
 from linmix.ops.gla import features, pallas_gpu, pallas_tpu, reference, scan, xla
 
 IMPLEMENTATIONS = ("xla", "associative_scan", "reference", "pallas_tpu", "pallas_gpu")
@@ -130,7 +135,8 @@ def _validate(
     chunk_size: int,
     normalize: bool = False,
 ) -> None:
-    """Static shape/dtype checks only: values (g <= 0, sorted ids) can't be checked under jit."""
+    """Shapes and dtypes always; values (g <= 0, sorted ids) on eager calls only (a traced
+    value can't be inspected under jit)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"{name} must have rank 4 [B, T, H, dim], got shape {x.shape}")
@@ -151,4 +157,6 @@ def _validate(
             f"got {initial_state.shape}"
         )
     check_segment_ids(segment_ids, B, T)
+    check_nonpositive("g", g)
+    check_segment_order(segment_ids)
     check_chunk_size(chunk_size)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.checks import check_chunk_size, check_float_state, check_segment_ids
+from linmix.ops.checks import (
+    check_chunk_size,
+    check_float_state,
+    check_nonpositive,
+    check_segment_ids,
+    check_segment_order,
+)
 from linmix.ops.ssm import chunked, common, reference, scan
 
 IMPLEMENTATIONS = ("chunked", "associative_scan", "reference")
@@ -100,7 +106,8 @@ def _validate(
     segment_ids: jax.Array | None,
     chunk_size: int,
 ) -> None:
-    """Static shape/dtype checks only: values (A < 0, sorted ids) can't be checked under jit."""
+    """Shapes and dtypes always; values (A <= 0, sorted ids) on eager calls only (a traced
+    value can't be inspected under jit)."""
     if x.ndim != 3:
         raise ValueError(f"x must have rank 3 [B, T, Dc], got shape {x.shape}")
     Bt, T, Dc = x.shape
@@ -127,4 +134,6 @@ def _validate(
         raise ValueError(f"z must have the shape of x {x.shape} ([B, T, Dc]), got {z.shape}")
     check_float_state(initial_state, (Bt, Dc, N), "[B, Dc, N]")
     check_segment_ids(segment_ids, Bt, T)
+    check_nonpositive("A", A, "decay rates")
+    check_segment_order(segment_ids)
     check_chunk_size(chunk_size)
