@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from linmix.ops.checks import check_nonpositive
 from linmix.ops.gla import features
 
 _F32 = jnp.float32
@@ -61,7 +62,7 @@ def gla_step(
 def _validate(
     q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, state: jax.Array
 ) -> None:
-    """Static shape/dtype checks (gate values can't be checked under jit)."""
+    """Shapes and dtypes always; gate values (<= 0) on eager calls only."""
     for name, x in (("q_t", q), ("k_t", k), ("v_t", v)):
         if x.ndim != 3:
             raise ValueError(f"{name} must have rank 3 [B, H, dim], got shape {x.shape}")
@@ -79,3 +80,4 @@ def _validate(
         raise ValueError(f"state must be [B, H, K, V] = {(B, H, K, V)}, got {state.shape}")
     if not jnp.issubdtype(state.dtype, jnp.floating):
         raise ValueError(f"state must have a float dtype, got {state.dtype}")
+    check_nonpositive("g_t", g)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from linmix.ops.checks import check_nonpositive
 from linmix.ops.ssm import common
 
 
@@ -53,7 +54,7 @@ def selective_scan_step(
 
 
 def _validate(x, dt, A, B, C, D, z, state, dt_bias) -> None:
-    """Static shape/dtype checks (values such as A < 0 can't be checked under jit)."""
+    """Shapes and dtypes always; values (A <= 0) on eager calls only."""
     if x.ndim != 2:
         raise ValueError(f"x_t must have rank 2 [B, Dc], got shape {x.shape}")
     Bt, Dc = x.shape
@@ -81,3 +82,4 @@ def _validate(x, dt, A, B, C, D, z, state, dt_bias) -> None:
             raise ValueError(f"state must be [B, Dc, N] = {(Bt, Dc, N)}, got {state.shape}")
         if not jnp.issubdtype(state.dtype, jnp.floating):
             raise ValueError(f"state must have a real float dtype, got {state.dtype}")
+    check_nonpositive("A", A, "decay rates")
