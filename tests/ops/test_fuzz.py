@@ -71,7 +71,7 @@ def _chunk(defect):
     return 48 if defect == "chunk" else 16
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@settings(max_examples=14, deadline=None, derandomize=True)
 @given(st.data())
 def test_gla_random_calls(data):
     B, T, H, K, V, defect, rng = _draw(data)
@@ -84,7 +84,7 @@ def test_gla_random_calls(data):
                             implementation=impl)[0], defect)  # fmt: skip
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@settings(max_examples=14, deadline=None, derandomize=True)
 @given(st.data())
 def test_delta_rule_random_calls(data):
     B, T, H, K, V, defect, rng = _draw(data)
@@ -99,7 +99,7 @@ def test_delta_rule_random_calls(data):
            defect)  # fmt: skip
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@settings(max_examples=14, deadline=None, derandomize=True)
 @given(st.data())
 def test_selective_scan_random_calls(data):
     B, T, H, K, V, defect, rng = _draw(data)
@@ -119,7 +119,7 @@ def test_selective_scan_random_calls(data):
            defect)  # fmt: skip
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@settings(max_examples=14, deadline=None, derandomize=True)
 @given(st.data())
 def test_attention_random_calls(data):
     B, T, H, K, V, defect, rng = _draw(data)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +62,7 @@ def _launch(workdir: Path, steps: int) -> list[subprocess.CompletedProcess]:
     return out
 
 
+@pytest.mark.slow  # four processes start and compile (~1.5 min on 2 cores)
 def test_two_processes_train_checkpoint_and_resume(tmp_path):
     _launch(tmp_path, 8)
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
