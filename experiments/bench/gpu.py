@@ -1,4 +1,5 @@
-"""GPU benchmark of the chunked engines: Pallas GPU kernels vs the XLA chunked form vs the
+"""GPU benchmark of the chunked engines: Pallas GPU kernels (Triton lowering: 'pallas_gpu'; the
+Mosaic GPU forward: 'mosaic_gpu', scalar gates) vs the XLA chunked form vs the
 PyTorch ecosystem's chunk kernels (flash-linear-attention, when `fla` imports), same shapes.
 
     python experiments/bench/gpu.py            # on a GPU machine: tests + table
@@ -47,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--H", type=int, default=16)
     p.add_argument("--K", type=int, default=128)
     p.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
-    p.add_argument("--impls", nargs="+", default=["xla", "pallas_gpu", "fla"])
+    p.add_argument("--impls", nargs="+", default=["xla", "pallas_gpu", "mosaic_gpu", "fla"])
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
@@ -220,6 +221,8 @@ def main(argv=None) -> None:
             key, in_key, ct_key = jax.random.split(key, 3)
             x = inputs(kind, B, T, args.H, args.K, in_key)
             for impl in args.impls:
+                if impl == "mosaic_gpu" and kind != "scalar":  # engine L, scalar gates only
+                    continue
                 row = {"kind": kind, "T": T, "B": B, "impl": impl}
                 try:
                     row |= (

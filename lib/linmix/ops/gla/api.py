@@ -13,18 +13,28 @@ from linmix.ops.checks import (
 )
 from linmix.ops.gla import features, pallas_gpu, pallas_tpu, reference, scan, xla
 
-IMPLEMENTATIONS = ("xla", "associative_scan", "reference", "pallas_tpu", "pallas_gpu")
+IMPLEMENTATIONS = (
+    "xla", "associative_scan", "reference", "pallas_tpu", "pallas_gpu", "mosaic_gpu",
+)  # fmt: skip
 _CAUSAL_FORMS = {
     "xla": xla.gla_chunked,
     "associative_scan": scan.gla_associative_scan,
     "reference": reference.gla_reference,
     "pallas_tpu": pallas_tpu.gla_pallas_tpu,
     "pallas_gpu": pallas_gpu.gla_pallas_gpu,
+    "mosaic_gpu": lambda *a, **kw: _mosaic_gpu()(*a, **kw),
 }
-_CHUNKED = ("xla", "pallas_tpu", "pallas_gpu")
-# What implementation=None runs on each backend. The GPU kernels are opt-in
-# (implementation="pallas_gpu") until `pytest -m gpu` has passed on the hardware in use.
+_CHUNKED = ("xla", "pallas_tpu", "pallas_gpu", "mosaic_gpu")
+_KERNELS = ("pallas_tpu", "pallas_gpu", "mosaic_gpu")
+# What implementation=None runs on each backend. The GPU kernels are opt-in (implementation=
+# "pallas_gpu" / "mosaic_gpu") until `pytest -m gpu` has passed on the hardware in use.
 DEFAULT_IMPLEMENTATION = {"tpu": "pallas_tpu"}
+
+
+def _mosaic_gpu():
+    from linmix.ops.gla.mosaic_gpu import gla_mosaic_gpu  # Mosaic GPU modules load on demand
+
+    return gla_mosaic_gpu
 
 
 def default_implementation(backend: str | None = None) -> str:
@@ -70,6 +80,8 @@ def gla(
       implementation: None (the backend's best: `default_implementation()`), 'xla' (chunked,
         custom backward that stores no per-token state), 'pallas_tpu' / 'pallas_gpu' (the
         chunked form as fused Pallas kernels, forward and backward; interpret mode on CPU),
+        'mosaic_gpu' (Mosaic GPU forward kernel, Pallas GPU backward; bf16 / f16 q, k, v, no
+        or scalar gates; interpret mode on CPU),
         'associative_scan' (parallel prefix scan over per-token K x V states: small states
         only, refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan).
 
@@ -92,7 +104,7 @@ def gla(
         v = features.with_denominator(v)
     form = _CAUSAL_FORMS[impl]
     extra = {"chunk_size": chunk_size} if impl in _CHUNKED else {}
-    if impl.startswith("pallas"):  # a kernel asked for on a CPU backend runs in interpret mode
+    if impl in _KERNELS:  # a kernel asked for on a CPU backend runs in interpret mode
         extra["interpret"] = jax.default_backend() == "cpu"
     if not causal:
         if impl == "reference":

@@ -1,0 +1,185 @@
+"""Chunked gated linear attention forward as a Mosaic GPU kernel (the supported Pallas GPU path
+from JAX 0.11), with the backward of the Pallas GPU kernels (`pallas_gpu`).
+
+Covers no gate and scalar gates with 16-bit inputs (wgmma takes bf16 / f16 operands, fp32
+accumulation). One program per (batch * head, block of BLOCK_V value columns) walks its chunks
+of CHUNK tokens in order with the fp32 [K, BLOCK_V] state in registers:
+
+    P       = (q k^T) * D,      D[r, s] = exp(b_r - b_s) [s <= r, same segment]
+    o       = scale * (P v + (q * qs) S)
+    S_next  = a S + (k * ks)^T v
+
+b is the within-chunk cumulative log-decay; qs = exp(b) (0 where a query no longer reads the
+carried state), ks = exp(b_last - b) (0 for keys of a segment closed inside the chunk) and the
+chunk decay a are computed outside the kernel, O(T) per head. The state enters the output
+products in the input dtype, as in the fp32-accumulated 16-bit kernels of the PyTorch ecosystem.
+The state entering every chunk is stored for the backward. Feature dims are zero-padded to
+multiples of 64. On a CPU backend the kernel runs in Pallas' GPU interpreter (`pallas.mgpu`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from linmix.ops.gla import kernel_chunk
+from linmix.ops.pallas import gpu, mgpu, op
+from linmix.ops.pallas.layout import Inputs
+
+_F32 = jnp.float32
+CHUNK = 64
+BLOCK_V = 64
+DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def _pad_to(x: jax.Array, axis: int, multiple: int) -> jax.Array:
+    extra = -x.shape[axis] % multiple
+    if not extra:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+
+
+def _per_head(x: jax.Array | None, heads: int) -> jax.Array | None:
+    """[B, Tp, 1] per batch row -> [B * H, Tp]."""
+    return None if x is None else jnp.repeat(x[..., 0], heads, axis=0)
+
+
+def _vectors(x: Inputs, C: int):
+    """The per-token rows [BH, 4, Tp] (b, qs, ks, chunk-local segment id) and the chunk decays
+    a [BH, N], all fp32."""
+    BH, Tp, _ = x.q.shape
+    N = Tp // C
+    if x.g is None:
+        b = jnp.zeros((BH, N, C), _F32)
+    else:
+        b = jnp.cumsum(x.g[..., 0].reshape(BH, N, C), axis=-1)
+    last = b[..., -1:]
+    qs, ks, a = jnp.exp(b), jnp.exp(last - b), jnp.exp(last[..., 0])
+    seg = jnp.zeros_like(b)
+    if x.seg_col is not None:
+        reads = _per_head(x.reads, x.heads).reshape(BH, N, C)
+        inlast = _per_head(x.inlast, x.heads).reshape(BH, N, C)
+        ids = _per_head(x.seg_col, x.heads).reshape(BH, N, C)
+        seg = (ids - ids[..., :1]).astype(_F32)
+        qs, ks, a = qs * reads, ks * inlast, a * reads[..., -1]
+    rows = jnp.stack([b, qs, ks, seg], axis=1)  # [BH, 4, N, C]
+    return rows.reshape(BH, 4, Tp), a
+
+
+def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
+    """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final)."""
+    del math
+    if C != CHUNK:
+        raise ValueError(f"the Mosaic GPU kernel runs chunks of {CHUNK} tokens, got {C}")
+    K0, V0 = x.q.shape[-1], x.v.shape[-1]
+    q, k, v = (_pad_to(a, 2, 64) for a in (x.q, x.k, x.v))
+    BH, Tp, K = q.shape
+    V, N = v.shape[-1], Tp // C
+    rows, a = _vectors(x, C)
+    S0 = _pad_to(_pad_to(S0.astype(_F32), 1, 64), 2, 64)
+    ops, dtype = mgpu.Ops(interpret), q.dtype
+
+    def body(q_ref, k_ref, v_ref, rows_ref, a_ref, S0_ref, o_ref, states_ref, final_ref):
+        bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
+        cols = pl.ds(vb * BLOCK_V, BLOCK_V)
+
+        def scoped(q_s, k_s, v_s, kd_s, st_s, rows_s, o_s, sf_s, bar):
+            def save_state(S, dst):
+                sf_s[...] = S
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(sf_s, dst)
+                plgpu.wait_smem_to_gmem(0)
+
+            def step(n, S):
+                tok = pl.ds(n * C, C)
+                plgpu.copy_gmem_to_smem(q_ref.at[bh, tok], q_s, bar.at[0])
+                plgpu.copy_gmem_to_smem(k_ref.at[bh, tok], k_s, bar.at[1])
+                plgpu.copy_gmem_to_smem(v_ref.at[bh, tok, cols], v_s, bar.at[2])
+                plgpu.copy_gmem_to_smem(rows_ref.at[bh, :, tok], rows_s, bar.at[3])
+                save_state(S, states_ref.at[bh, n, :, cols])
+                st_s[...] = S.astype(dtype)
+                for i in range(4):
+                    plgpu.barrier_wait(bar.at[i])
+
+                r, s = ops.iota((C, C), 0), ops.iota((C, C), 1)
+                same = ops.column(rows_s.at[3], C) == ops.row(rows_s.at[3], C)
+                b_r, b_s = ops.column(rows_s.at[0], C), ops.row(rows_s.at[0], C)
+                D = jnp.where((s <= r) & same, jnp.exp(jnp.minimum(b_r - b_s, 0.0)), 0.0)
+                P = ops.matmul(ops.zeros((C, C)), (mgpu.Operand(q_s), mgpu.Operand(k_s).T)) * D
+                qd = ops.tile(q_s).astype(_F32) * ops.column(rows_s.at[1], K)
+                kd_s[...] = (ops.tile(k_s).astype(_F32) * ops.column(rows_s.at[2], K)).astype(dtype)
+                plgpu.commit_smem()
+                o = ops.matmul(
+                    ops.zeros((C, BLOCK_V)),
+                    (P.astype(dtype), mgpu.Operand(v_s)),
+                    (qd.astype(dtype), mgpu.Operand(st_s)),
+                )
+                o_s[...] = scale * o
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(o_s, o_ref.at[bh, tok, cols])
+                S = ops.matmul(a_ref[bh, n] * S, (mgpu.Operand(kd_s).T, mgpu.Operand(v_s)))
+                plgpu.wait_smem_to_gmem(0)
+                return S
+
+            plgpu.copy_gmem_to_smem(S0_ref.at[bh, :, cols], sf_s, bar.at[0])
+            plgpu.barrier_wait(bar.at[0])
+            S = lax.fori_loop(0, N, step, ops.tile(sf_s))
+            save_state(S, final_ref.at[bh, :, cols])
+
+        pl.run_scoped(
+            scoped,
+            mgpu.smem((C, K), dtype),
+            mgpu.smem((C, K), dtype),
+            mgpu.smem((C, BLOCK_V), dtype),
+            mgpu.smem((C, K), dtype),
+            mgpu.smem((K, BLOCK_V), dtype),
+            plgpu.SMEM((4, C), _F32),
+            mgpu.smem((C, BLOCK_V), _F32),
+            mgpu.smem((K, BLOCK_V), _F32),
+            plgpu.Barrier(num_barriers=4),
+        )
+
+    kwargs = dict(interpret=mgpu.interpret_params()) if interpret else {}
+    o, states, final = plgpu.kernel(
+        body,
+        out_type=(
+            jax.ShapeDtypeStruct((BH, Tp, V), _F32),
+            jax.ShapeDtypeStruct((BH, N, K, V), _F32),
+            jax.ShapeDtypeStruct((BH, K, V), _F32),
+        ),
+        grid=(BH, V // BLOCK_V),
+        grid_names=("bh", "vb"),
+        **kwargs,
+    )(q, k, v, rows, a, S0)
+    return o[..., :V0], _states_for_backward(states, K0, V0), final[:, :K0, :V0]
+
+
+def _states_for_backward(states: jax.Array, K0: int, V0: int) -> jax.Array:
+    """The saved states in the padded layout of the Pallas GPU backward kernel."""
+    K, V = gpu._dim(K0), gpu._dim(V0)
+    states = states[:, :, :K0, :V0]
+    return jnp.pad(states, ((0, 0), (0, 0), (0, K - K0), (0, V - V0)))
+
+
+_op = op.make_op(forward, gpu.backward, kernel_chunk.ChunkMath(subchunk=1 << 30), min_chunk=CHUNK)
+
+
+def gla_mosaic_gpu(q, k, v, g, *, chunk_size: int, **kwargs):
+    """The `linmix.ops.pallas.op.make_op` contract for bf16 / f16 inputs and no or scalar gates;
+    chunks are always CHUNK tokens (`chunk_size` is not used)."""
+    del chunk_size
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(
+            "implementation='mosaic_gpu' takes bf16 or f16 q, k, v of one dtype (wgmma operands), "
+            f"got {q.dtype}, {k.dtype}, {v.dtype}; use 'pallas_gpu' or 'xla' for fp32"
+        )
+    if g is not None and g.ndim == 4:
+        raise ValueError(
+            "implementation='mosaic_gpu' has no per-channel gates yet; use 'pallas_gpu' or 'xla'"
+        )
+    return _op(q, k, v, g, chunk_size=CHUNK, **kwargs)
