@@ -80,8 +80,8 @@ def gla(
       implementation: None (the backend's best: `default_implementation()`), 'xla' (chunked,
         custom backward that stores no per-token state), 'pallas_tpu' / 'pallas_gpu' (the
         chunked form as fused Pallas kernels, forward and backward; interpret mode on CPU),
-        'mosaic_gpu' (Mosaic GPU forward kernel, Pallas GPU backward; bf16 / f16 q, k, v, no
-        or scalar gates; interpret mode on CPU),
+        'mosaic_gpu' (Mosaic GPU kernels, forward and backward, wgmma products: bf16 / f16
+        q, k, v, no or scalar gates; Pallas' GPU interpreter on CPU),
         'associative_scan' (parallel prefix scan over per-token K x V states: small states
         only, refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan).
 

@@ -1,5 +1,5 @@
-"""Chunked gated linear attention forward as a Mosaic GPU kernel (the supported Pallas GPU path
-from JAX 0.11), with the backward of the Pallas GPU kernels (`pallas_gpu`).
+"""Chunked gated linear attention as Mosaic GPU kernels (the supported Pallas GPU path from JAX
+0.11), forward here and backward in `mosaic_gpu_bwd`, joined by `pallas.op.make_op`.
 
 Covers no gate and scalar gates with 16-bit inputs (wgmma takes bf16 / f16 operands, fp32
 accumulation). One program per (batch * head, block of BLOCK_V value columns) walks its chunks
@@ -25,8 +25,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from linmix.ops.gla import kernel_chunk
-from linmix.ops.pallas import gpu, mgpu, op
+from linmix.ops.gla import mosaic_gpu_bwd
+from linmix.ops.pallas import mgpu, op
 from linmix.ops.pallas.layout import Inputs
 
 _F32 = jnp.float32
@@ -156,17 +156,10 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
         grid_names=("bh", "vb"),
         **kwargs,
     )(q, k, v, rows, a, S0)
-    return o[..., :V0], _states_for_backward(states, K0, V0), final[:, :K0, :V0]
+    return o[..., :V0], states, final[:, :K0, :V0]
 
 
-def _states_for_backward(states: jax.Array, K0: int, V0: int) -> jax.Array:
-    """The saved states in the padded layout of the Pallas GPU backward kernel."""
-    K, V = gpu._dim(K0), gpu._dim(V0)
-    states = states[:, :, :K0, :V0]
-    return jnp.pad(states, ((0, 0), (0, 0), (0, K - K0), (0, V - V0)))
-
-
-_op = op.make_op(forward, gpu.backward, kernel_chunk.ChunkMath(subchunk=1 << 30), min_chunk=CHUNK)
+_op = op.make_op(forward, mosaic_gpu_bwd.backward, None, min_chunk=CHUNK)
 
 
 def gla_mosaic_gpu(q, k, v, g, *, chunk_size: int, **kwargs):

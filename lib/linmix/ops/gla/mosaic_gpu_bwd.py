@@ -1,0 +1,174 @@
+"""Backward of the Mosaic GPU gated linear attention kernel (`mosaic_gpu`): no or scalar gates.
+
+One program per (batch * head, block of BLOCK_V value columns) walks the chunks in reverse with
+the fp32 adjoint lam = dL/dS_next [K, BLOCK_V] in registers, from the states the forward stored.
+With D the forward's pair decays (D_s: strict pairs), do the scaled output cotangent, and
+diag_r = do_r . v_r:
+
+    dq      = (do S^T) * qs + ((do v^T) * D_s) k + diag * k
+    dk      = (v lam^T) * ks + ((v do^T) * D_s^T) q + diag * q
+    dv      = ((k q^T) * D^T) do + (k * ks) lam
+    lam_prev = a lam + (q * qs)^T do
+
+dq and dk sum over the value blocks (one partial per block, added outside the kernel); dv is
+complete per block. The gate gradient is assembled outside from per-token sums that each carry a
+decay factor (as in `kernel_chunk`), so strong decays lose no accuracy:
+
+    dg_j = sum_{r >= j} fe_r + sum_{s < j} fs_s + a * sum(lam * S),
+    fe = rowsum(q * (dq_inter + dq_strict) - k * dk_strict),   fs = rowsum(k * dk_state).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from linmix.ops.pallas import mgpu
+from linmix.ops.pallas.layout import Inputs
+
+_F32 = jnp.float32
+
+
+def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math=None):
+    """The `pallas.op.make_op` backward: (dq, dk, dv, dg or None, None, dS0) in kernel layout."""
+    del math
+    from linmix.ops.gla.mosaic_gpu import BLOCK_V, _pad_to, _vectors
+
+    K0, V0 = x.q.shape[-1], x.v.shape[-1]
+    q, k, v = (_pad_to(a, 2, 64) for a in (x.q, x.k, x.v))
+    BH, Tp, K = q.shape
+    V, N = v.shape[-1], Tp // C
+    NV, dtype, ops = V // BLOCK_V, q.dtype, mgpu.Ops(interpret)
+    rows, a = _vectors(x, C)
+    do = _pad_to((scale * do).astype(dtype), 2, 64)
+    lam0 = _pad_to(_pad_to(dS_final.astype(_F32), 1, 64), 2, 64)
+
+    def body(q_ref, k_ref, v_ref, do_ref, rows_ref, a_ref, st_ref, lam_ref, *outs):
+        dq_ref, dk_ref, dv_ref, sums_ref, da_ref, dS0_ref = outs
+        bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
+        cols = pl.ds(vb * BLOCK_V, BLOCK_V)
+
+        def scoped(
+            q_s, k_s, v_s, do_s, S_s, lam_s, qd_s, rows_s, f32_s, outK_s, outV_s, sums_s, da_s, bar
+        ):
+            def store(value, buf, dst):
+                buf[...] = value
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(buf, dst)
+                plgpu.wait_smem_to_gmem(0)
+
+            def step(i, lam):
+                n = N - 1 - i
+                tok = pl.ds(n * C, C)
+                plgpu.copy_gmem_to_smem(q_ref.at[bh, tok], q_s, bar.at[0])
+                plgpu.copy_gmem_to_smem(k_ref.at[bh, tok], k_s, bar.at[1])
+                plgpu.copy_gmem_to_smem(v_ref.at[bh, tok, cols], v_s, bar.at[2])
+                plgpu.copy_gmem_to_smem(do_ref.at[bh, tok, cols], do_s, bar.at[3])
+                plgpu.copy_gmem_to_smem(rows_ref.at[bh, :, tok], rows_s, bar.at[4])
+                plgpu.copy_gmem_to_smem(st_ref.at[bh, n, :, cols], f32_s, bar.at[5])
+                for j in range(6):
+                    plgpu.barrier_wait(bar.at[j])
+                S = ops.tile(f32_s)
+                S_s[...] = S.astype(dtype)
+                lam_s[...] = lam.astype(dtype)
+                qs, ks = ops.column(rows_s.at[1], K), ops.column(rows_s.at[2], K)
+                q_t, k_t = ops.tile(q_s).astype(_F32), ops.tile(k_s).astype(_F32)
+                qd_s[...] = (q_t * qs).astype(dtype)
+                plgpu.commit_smem()
+
+                r, s = ops.iota((C, C), 0), ops.iota((C, C), 1)
+                seg_c, seg_r = ops.column(rows_s.at[3], C), ops.row(rows_s.at[3], C)
+                b_c, b_r = ops.column(rows_s.at[0], C), ops.row(rows_s.at[0], C)
+                # D[r, s] (query r, key s) and its transpose DT[s, r] on the same index grid
+                D = jnp.where(
+                    (s <= r) & (seg_c == seg_r), jnp.exp(jnp.minimum(b_c - b_r, 0.0)), 0.0
+                )
+                DT = jnp.where(
+                    (r <= s) & (seg_c == seg_r), jnp.exp(jnp.minimum(b_r - b_c, 0.0)), 0.0
+                )
+                Ds, DTs = jnp.where(s < r, D, 0.0), jnp.where(r < s, DT, 0.0)
+                zCC = ops.zeros((C, C))
+                Op = mgpu.Operand
+                W = ops.matmul(zCC, (Op(do_s), Op(v_s).T)) * Ds
+                WT = ops.matmul(zCC, (Op(v_s), Op(do_s).T)) * DTs
+                PT = ops.matmul(zCC, (Op(k_s), Op(q_s).T)) * DT
+                zCK = ops.zeros((C, K))
+                dq_inter = ops.matmul(zCK, (Op(do_s), Op(S_s).T)) * qs
+                dq_strict = ops.matmul(zCK, (W.astype(dtype), Op(k_s)))
+                dk_state = ops.matmul(zCK, (Op(v_s), Op(lam_s).T)) * ks
+                dk_strict = ops.matmul(zCK, (WT.astype(dtype), Op(q_s)))
+                dv = ops.matmul(
+                    ops.zeros((C, BLOCK_V)),
+                    (PT.astype(dtype), Op(do_s)),
+                    ((k_t * ks).astype(dtype), Op(lam_s)),
+                )
+                diag = ops.tile(do_s).astype(_F32) * ops.tile(v_s).astype(_F32)
+                diag = lax.broadcast_in_dim(jnp.sum(diag, axis=1), (C, K), [0])
+                fe = jnp.sum(q_t * (dq_inter + dq_strict) - k_t * dk_strict, axis=1)
+                fs = jnp.sum(k_t * dk_state, axis=1)
+                da = jnp.sum(lam * S, axis=1)
+                store(dq_inter + dq_strict + diag * k_t, outK_s, dq_ref.at[vb, bh, tok])
+                store(dk_state + dk_strict + diag * q_t, outK_s, dk_ref.at[vb, bh, tok])
+                store(dv, outV_s, dv_ref.at[bh, tok, cols])
+                sums_s[0] = fe
+                sums_s[1] = fs
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(sums_s, sums_ref.at[vb, bh, :, tok])
+                plgpu.wait_smem_to_gmem(0)
+                store(da, da_s, da_ref.at[vb, bh, n])
+                return ops.matmul(a_ref[bh, n] * lam, (Op(qd_s).T, Op(do_s)))
+
+            plgpu.copy_gmem_to_smem(lam_ref.at[bh, :, cols], f32_s, bar.at[0])
+            plgpu.barrier_wait(bar.at[0])
+            lam = lax.fori_loop(0, N, step, ops.tile(f32_s))
+            store(lam, f32_s, dS0_ref.at[bh, :, cols])
+
+        pl.run_scoped(
+            scoped,
+            mgpu.smem((C, K), dtype),
+            mgpu.smem((C, K), dtype),
+            mgpu.smem((C, BLOCK_V), dtype),
+            mgpu.smem((C, BLOCK_V), dtype),
+            mgpu.smem((K, BLOCK_V), dtype),
+            mgpu.smem((K, BLOCK_V), dtype),
+            mgpu.smem((C, K), dtype),
+            plgpu.SMEM((4, C), _F32),
+            mgpu.smem((K, BLOCK_V), _F32),
+            mgpu.smem((C, K), _F32),
+            mgpu.smem((C, BLOCK_V), _F32),
+            plgpu.SMEM((2, C), _F32),
+            plgpu.SMEM((K,), _F32),
+            plgpu.Barrier(num_barriers=6),
+        )
+
+    kwargs = dict(interpret=mgpu.interpret_params()) if interpret else {}
+    dq, dk, dv, sums, da, dS0 = plgpu.kernel(
+        body,
+        out_type=(
+            jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32),
+            jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32),
+            jax.ShapeDtypeStruct((BH, Tp, V), _F32),
+            jax.ShapeDtypeStruct((NV, BH, 2, Tp), _F32),
+            jax.ShapeDtypeStruct((NV, BH, N, K), _F32),
+            jax.ShapeDtypeStruct((BH, K, V), _F32),
+        ),
+        grid=(BH, NV),
+        grid_names=("bh", "vb"),
+        **kwargs,
+    )(q, k, v, do, rows, a, states, lam0)
+    dq, dk = (d.sum(axis=0)[..., :K0] for d in (dq, dk))
+    dg = None if x.g is None else _gate_grad(sums.sum(axis=0), da.sum(axis=(0, 3)), a, C)
+    return dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0]
+
+
+def _gate_grad(sums: jax.Array, da: jax.Array, a: jax.Array, C: int) -> jax.Array:
+    """dg [BH, Tp, 1] from fe, fs [BH, 2, Tp] and the chunk sums da [BH, N]."""
+    BH, _, Tp = sums.shape
+    fe, fs = (sums[:, i].reshape(BH, -1, C) for i in (0, 1))
+    from_end = jnp.flip(jnp.cumsum(jnp.flip(fe, -1), -1), -1)
+    from_start = jnp.cumsum(fs, -1) - fs
+    dg = from_end + from_start + (a * da)[..., None]
+    return dg.reshape(BH, Tp, 1)
