@@ -90,28 +90,30 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
                     (r <= s) & (seg_c == seg_r), jnp.exp(jnp.minimum(b_r - b_c, 0.0)), 0.0
                 )
                 Ds, DTs = jnp.where(s < r, D, 0.0), jnp.where(r < s, DT, 0.0)
-                zCC = ops.zeros((C, C))
-                Op = mgpu.Operand
-                W = ops.matmul(zCC, (Op(do_s), Op(v_s).T)) * Ds
-                WT = ops.matmul(zCC, (Op(v_s), Op(do_s).T)) * DTs
-                PT = ops.matmul(zCC, (Op(k_s), Op(q_s).T)) * DT
+                zCC, Op = ops.zeros((C, C)), mgpu.Operand
                 zCK = ops.zeros((C, K))
-                dq_inter = ops.matmul(zCK, (Op(do_s), Op(S_s).T)) * qs
-                dq_strict = ops.matmul(zCK, (W.astype(dtype), Op(k_s)))
-                dk_state = ops.matmul(zCK, (Op(v_s), Op(lam_s).T)) * ks
+                do_t = ops.tile(do_s).astype(_F32)
+                diag = jnp.sum(do_t * ops.tile(v_s).astype(_F32), axis=1)
+                diag = lax.broadcast_in_dim(diag, (C, K), [0])
+                da = jnp.sum(lam * S, axis=1)
+                # one gradient at a time, each stored before the next: few tiles live at once
+                W = ops.matmul(zCC, (Op(do_s), Op(v_s).T)) * Ds
+                do_q = (do_t * ops.column(rows_s.at[1], BLOCK_V)).astype(dtype)
+                dq = ops.matmul(zCK, (W.astype(dtype), Op(k_s)), (do_q, Op(S_s).T))
+                fe = jnp.sum(q_t * dq, axis=1)
+                store(dq + diag * k_t, outK_s, dq_ref.at[vb, bh, tok])
+                WT = ops.matmul(zCC, (Op(v_s), Op(do_s).T)) * DTs
                 dk_strict = ops.matmul(zCK, (WT.astype(dtype), Op(q_s)))
+                dk_state = ops.matmul(zCK, (Op(v_s), Op(lam_s).T)) * ks
+                fe = fe - jnp.sum(k_t * dk_strict, axis=1)
+                fs = jnp.sum(k_t * dk_state, axis=1)
+                store(dk_state + dk_strict + diag * q_t, outK_s, dk_ref.at[vb, bh, tok])
+                PT = ops.matmul(zCC, (Op(k_s), Op(q_s).T)) * DT
                 dv = ops.matmul(
                     ops.zeros((C, BLOCK_V)),
                     (PT.astype(dtype), Op(do_s)),
                     ((k_t * ks).astype(dtype), Op(lam_s)),
                 )
-                diag = ops.tile(do_s).astype(_F32) * ops.tile(v_s).astype(_F32)
-                diag = lax.broadcast_in_dim(jnp.sum(diag, axis=1), (C, K), [0])
-                fe = jnp.sum(q_t * (dq_inter + dq_strict) - k_t * dk_strict, axis=1)
-                fs = jnp.sum(k_t * dk_state, axis=1)
-                da = jnp.sum(lam * S, axis=1)
-                store(dq_inter + dq_strict + diag * k_t, outK_s, dq_ref.at[vb, bh, tok])
-                store(dk_state + dk_strict + diag * q_t, outK_s, dk_ref.at[vb, bh, tok])
                 store(dv, outV_s, dv_ref.at[bh, tok, cols])
                 sums_s[0] = fe
                 sums_s[1] = fs
