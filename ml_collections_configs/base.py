@@ -54,6 +54,12 @@ def train_config() -> ConfigDict:
     )
 
 
+def implementations_config() -> ConfigDict:
+    """Per-engine op implementation for the model's whole-sequence calls; "" keeps the backend's
+    default. E.g. --config.model.implementations.gla=mosaic_gpu (see linmix.ops.dispatch)."""
+    return ConfigDict(dict(gla="", delta="", ssm=""))
+
+
 def mesh_config() -> ConfigDict:
     """Device mesh sizes (one may be -1: the rest of the devices). Batches split over data x fsdp,
     parameters and optimizer state over fsdp (FSDP), time over seq (LASP-2 / LASP-2H)."""

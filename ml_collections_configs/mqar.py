@@ -23,6 +23,7 @@ from ml_collections import ConfigDict, FieldReference
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from base import (  # noqa: E402
     distributed_config,
+    implementations_config,
     mesh_config,
     mixer_options,
     parse_variant,
@@ -66,6 +67,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             dtype="float32",  # compute dtype (params stay fp32)
             remat="none",  # "none" | "full" | "dots"
             chunk_size=16,  # chunk length of chunked ops (16 is fastest at T=64 on CPU)
+            implementations=implementations_config(),  # per engine; "": the backend default
         )
     )
     config.train = train_config()

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from linmix.ops import dispatch
+
 LAYER_CODES = {"L": "the configured mixer", "A": "softmax attention"}
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
@@ -34,9 +36,13 @@ class ModelConfig:
     remat: str = "none"  # "none" | "full" | "dots"
     chunk_size: int = 64  # chunk length of chunked ops (a performance knob, not the math)
     causal: bool = True  # False: a bidirectional stack (vision mixers); the LM needs True
+    # engine -> op implementation of the whole-sequence calls ("" or absent: backend default)
+    implementations: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mixer_options", dict(self.mixer_options))
+        chosen = {e: i for e, i in dict(self.implementations).items() if i}
+        object.__setattr__(self, "implementations", chosen)
         self.validate()
 
     def validate(self) -> None:
@@ -69,6 +75,10 @@ class ModelConfig:
         need(self.mlp_ratio >= 0, f"mlp_ratio must be >= 0, got {self.mlp_ratio}")
         need(self.dtype in DTYPES, f"dtype {self.dtype!r} not in {DTYPES}")
         need(self.remat in REMAT_POLICIES, f"remat {self.remat!r} not in {REMAT_POLICIES}")
+        try:
+            dispatch.check(self.implementations)
+        except ValueError as e:
+            need(False, str(e))
         c = self.chunk_size
         need(c >= 1 and c & (c - 1) == 0, f"chunk_size must be a power of two, got {c}")
         # Each mixer checks its own options (unknown keys, head divisibility) eagerly; "A" blocks

@@ -14,6 +14,7 @@ from flax import nnx
 from linmix.models.config import ModelConfig
 from linmix.models.layers import DTYPES, GLUMLP, rms_norm
 from linmix.models.mixers import REGISTRY
+from linmix.ops.dispatch import use_implementations
 from linmix.parallel.context import shard_tokens
 
 REMAT = {
@@ -76,6 +77,7 @@ class LM(nnx.Module):
             else nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
         )
         self.remat = cfg.remat
+        self.implementations = tuple(sorted(cfg.implementations.items()))  # static
 
     def __call__(self, tokens_BT: jax.Array, *, segment_ids: jax.Array | None = None):
         return self.logits(self.hidden(tokens_BT, segment_ids=segment_ids))
@@ -89,7 +91,8 @@ class LM(nnx.Module):
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=REMAT[self.remat])
-        x_BTD, _ = jax.lax.scan(body, x_BTD, self.units)
+        with use_implementations(dict(self.implementations)):
+            x_BTD, _ = jax.lax.scan(body, x_BTD, self.units)
         return self.norm(x_BTD)
 
     def logits(self, h_XD: jax.Array) -> jax.Array:
