@@ -94,7 +94,7 @@ def run_with_grads(
         return (o, S) if final else (o,)
 
     outs, vjp = jax.vjp(f, diff_args)
-    (grads,) = vjp(cotangents[: len(outs)])
+    (grads,) = vjp(tuple(c.astype(o.dtype) for c, o in zip(cotangents, outs, strict=False)))
     return outs, grads
 
 

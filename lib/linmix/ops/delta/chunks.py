@@ -105,52 +105,75 @@ def _masked_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask, jnp.exp(jnp.where(mask, x, 0.0)), 0.0)
 
 
-def chunk_terms(x: Chunked, masks: Masks | None) -> Terms:
-    """O_intra, Q_eff, M and dS of every chunk (module docstring), with segment masks if any."""
-    q_BHNCK, k_BHNCK, v_BHNCV, beta_BHNC, g_BHNC = x
-    B, H, N, C, K = q_BHNCK.shape
-    strict_BHNRS = _strict_pairs(C, None if masks is None else masks.same_seg_BNRS)
-    eye_111RS = jnp.eye(C, dtype=_F32)[None, None, None]
+class _Decays(NamedTuple):
+    gamma_BHNRS: jax.Array  # exp(b_r - b_s) on strict same-segment pairs
+    q_decay_BHNCK: jax.Array  # Q * e^b
+    k_decay_BHNCK: jax.Array  # K * e^b
+    k_end_BHNCK: jax.Array  # K * e^{b_C - b}
+    a_BHN: jax.Array  # e^{b_C}
 
+
+def _decays(x: Chunked, masks: Masks | None) -> _Decays:
+    q_BHNCK, k_BHNCK, _, _, g_BHNC = x
+    B, H, N, C, _ = q_BHNCK.shape
+    strict_BHNRS = _strict_pairs(C, None if masks is None else masks.same_seg_BNRS)
     if g_BHNC is None:
         gamma_BHNRS = jnp.broadcast_to(strict_BHNRS, (B, H, N, C, C)).astype(_F32)
-        q_decay_BHNCK, k_decay_BHNCK, k_end_BHNCK = q_BHNCK, k_BHNCK, k_BHNCK
-        a_BHN = jnp.ones((B, H, N), _F32)
-    else:
-        b_BHNC = within_chunk_sum(g_BHNC[..., None], "inclusive")[..., 0]
-        # The decay to the chunk end is summed directly rather than taken as b_C - b_s: that
-        # difference sends large cancelling gradients into b_C (the last key's exp(0) most of
-        # all), whose rounding swamps small gate gradients when decays are strong.
-        to_end_BHNC = within_chunk_sum(g_BHNC[..., None], "after")[..., 0]
-        diff_BHNRS = spread(b_BHNC, "...r,s->...rs", C) - spread(b_BHNC, "...s,r->...rs", C)
-        # Strictly lower only: the diagonal weight is a constant 1 (added below for P), not
-        # exp(b_r - b_r), whose two exactly cancelling gradients would swamp small ones.
-        gamma_BHNRS = _masked_exp(diff_BHNRS, strict_BHNRS)
-        q_decay_BHNCK = q_BHNCK * jnp.exp(b_BHNC)[..., None]
-        k_decay_BHNCK = k_BHNCK * jnp.exp(b_BHNC)[..., None]
-        k_end_BHNCK = k_BHNCK * jnp.exp(to_end_BHNC)[..., None]
-        a_BHN = jnp.exp(b_BHNC[..., -1])
+        return _Decays(gamma_BHNRS, q_BHNCK, k_BHNCK, k_BHNCK, jnp.ones((B, H, N), _F32))
+    b_BHNC = within_chunk_sum(g_BHNC[..., None], "inclusive")[..., 0]
+    # The decay to the chunk end is summed directly rather than taken as b_C - b_s: that
+    # difference sends large cancelling gradients into b_C (the last key's exp(0) most of
+    # all), whose rounding swamps small gate gradients when decays are strong.
+    to_end_BHNC = within_chunk_sum(g_BHNC[..., None], "after")[..., 0]
+    diff_BHNRS = spread(b_BHNC, "...r,s->...rs", C) - spread(b_BHNC, "...s,r->...rs", C)
+    # Strictly lower only: the diagonal weight is a constant 1 (added below for P), not
+    # exp(b_r - b_r), whose two exactly cancelling gradients would swamp small ones.
+    return _Decays(
+        _masked_exp(diff_BHNRS, strict_BHNRS),
+        q_BHNCK * jnp.exp(b_BHNC)[..., None],
+        k_BHNCK * jnp.exp(b_BHNC)[..., None],
+        k_BHNCK * jnp.exp(to_end_BHNC)[..., None],
+        jnp.exp(b_BHNC[..., -1]),
+    )
 
+
+def _wy(x: Chunked, d: _Decays, masks: Masks | None) -> tuple[jax.Array, jax.Array]:
+    """W [B, H, N, C, K] and U [B, H, N, C, V] of every chunk."""
+    k_BHNCK, v_BHNCV, beta_BHNC = x.k_BHNCK, x.v_BHNCV, x.beta_BHNC
     kk_BHNRS = jnp.einsum("bhnrk,bhnsk->bhnrs", k_BHNCK, k_BHNCK)
-    A_BHNRS = beta_BHNC[..., None] * kk_BHNRS * gamma_BHNRS
-    qk_BHNRS = jnp.einsum("bhnrk,bhnsk->bhnrs", q_BHNCK, k_BHNCK)
-    P_BHNRS = qk_BHNRS * (gamma_BHNRS + eye_111RS)
-
+    A_BHNRS = beta_BHNC[..., None] * kk_BHNRS * d.gamma_BHNRS
     Tm_BHNRS = unit_lower_inverse(A_BHNRS)
     # Rows in a segment that starts inside the chunk get a zero K * e^b: they must not read the
     # carried state, so their rows of W vanish (Tm is block diagonal per segment).
     reads_BNC = None if masks is None else masks.reads_state_BNC
-    bk_BHNCK = beta_BHNC[..., None] * _where(reads_BNC, k_decay_BHNCK)
+    bk_BHNCK = beta_BHNC[..., None] * _where(reads_BNC, d.k_decay_BHNCK)
     W_BHNCK = jnp.einsum("bhnrs,bhnsk->bhnrk", Tm_BHNRS, bk_BHNCK)
     U_BHNCV = jnp.einsum("bhnrs,bhnsv->bhnrv", Tm_BHNRS, beta_BHNC[..., None] * v_BHNCV)
+    return W_BHNCK, U_BHNCV
 
+
+def wy_transform(x: Chunked, masks: Masks | None) -> tuple[jax.Array, jax.Array]:
+    """The state-independent W, U of every chunk: the chunk's values are u = U - W S."""
+    return _wy(x, _decays(x, masks), masks)
+
+
+def chunk_terms(x: Chunked, masks: Masks | None) -> Terms:
+    """O_intra, Q_eff, M and dS of every chunk (module docstring), with segment masks if any."""
+    q_BHNCK, k_BHNCK = x.q_BHNCK, x.k_BHNCK
+    K, C = q_BHNCK.shape[-1], q_BHNCK.shape[-2]
+    d = _decays(x, masks)
+    W_BHNCK, U_BHNCV = _wy(x, d, masks)
+    qk_BHNRS = jnp.einsum("bhnrk,bhnsk->bhnrs", q_BHNCK, k_BHNCK)
+    P_BHNRS = qk_BHNRS * (d.gamma_BHNRS + jnp.eye(C, dtype=_F32)[None, None, None])
+
+    reads_BNC = None if masks is None else masks.reads_state_BNC
     o_intra_BHNCV = jnp.einsum("bhnrs,bhnsv->bhnrv", P_BHNRS, U_BHNCV)
     PW_BHNCK = jnp.einsum("bhnrs,bhnsk->bhnrk", P_BHNRS, W_BHNCK)
-    q_eff_BHNCK = _where(reads_BNC, q_decay_BHNCK) - PW_BHNCK
+    q_eff_BHNCK = _where(reads_BNC, d.q_decay_BHNCK) - PW_BHNCK
 
     # Only keys of the segment open at the chunk end write to the state leaving it.
-    k_end_BHNCK = _where(None if masks is None else masks.in_last_seg_BNC, k_end_BHNCK)
-    a_BHN = _where(None if masks is None else masks.keeps_state_BN, a_BHN)
+    k_end_BHNCK = _where(None if masks is None else masks.in_last_seg_BNC, d.k_end_BHNCK)
+    a_BHN = _where(None if masks is None else masks.keeps_state_BN, d.a_BHN)
     eye_111KK = jnp.eye(K, dtype=_F32)[None, None, None]
     kW_BHNKK = jnp.einsum("bhnck,bhncj->bhnkj", k_end_BHNCK, W_BHNCK)
     M_BHNKK = a_BHN[..., None, None] * eye_111KK - kW_BHNKK

@@ -83,12 +83,18 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
     rows, a = _vectors(x, C)
     S0 = _pad_to(_pad_to(S0.astype(_F32), 1, 64), 2, 64)
     ops, dtype = mgpu.Ops(interpret), q.dtype
+    inputs = [q, k, v, rows, a, S0]
+    if x.w is not None:  # the delta rule: values u = v - w S
+        inputs.append(_pad_to(x.w, 2, 64))
+    n_bar = 4 + (x.w is not None)
 
-    def body(q_ref, k_ref, v_ref, rows_ref, a_ref, S0_ref, o_ref, states_ref, final_ref):
+    def body(*refs):
+        q_ref, k_ref, v_ref, rows_ref, a_ref, S0_ref = refs[:6]
+        o_ref, states_ref, final_ref = refs[-3:]
         bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
         cols = pl.ds(vb * BLOCK_V, BLOCK_V)
 
-        def scoped(q_s, k_s, v_s, kd_s, st_s, rows_s, o_s, sf_s, bar):
+        def scoped(q_s, k_s, v_s, kd_s, st_s, rows_s, o_s, sf_s, bar, *wu):
             def save_state(S, dst):
                 sf_s[...] = S
                 plgpu.commit_smem()
@@ -101,10 +107,13 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
                 plgpu.copy_gmem_to_smem(k_ref.at[bh, tok], k_s, bar.at[1])
                 plgpu.copy_gmem_to_smem(v_ref.at[bh, tok, cols], v_s, bar.at[2])
                 plgpu.copy_gmem_to_smem(rows_ref.at[bh, :, tok], rows_s, bar.at[3])
+                if wu:
+                    plgpu.copy_gmem_to_smem(refs[6].at[bh, tok], wu[0], bar.at[4])
                 save_state(S, states_ref.at[bh, n, :, cols])
                 st_s[...] = S.astype(dtype)
-                for i in range(4):
+                for i in range(n_bar):
                     plgpu.barrier_wait(bar.at[i])
+                values = v_s if not wu else values_minus_ws(ops, v_s, st_s, *wu)
 
                 r, s = ops.iota((C, C), 0), ops.iota((C, C), 1)
                 same = ops.column(rows_s.at[3], C) == ops.row(rows_s.at[3], C)
@@ -116,13 +125,13 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
                 plgpu.commit_smem()
                 o = ops.matmul(
                     ops.zeros((C, BLOCK_V)),
-                    (P.astype(dtype), mgpu.Operand(v_s)),
+                    (P.astype(dtype), mgpu.Operand(values)),
                     (qd.astype(dtype), mgpu.Operand(st_s)),
                 )
                 o_s[...] = scale * o
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(o_s, o_ref.at[bh, tok, cols])
-                S = ops.matmul(a_ref[bh, n] * S, (mgpu.Operand(kd_s).T, mgpu.Operand(v_s)))
+                S = ops.matmul(a_ref[bh, n] * S, (mgpu.Operand(kd_s).T, mgpu.Operand(values)))
                 plgpu.wait_smem_to_gmem(0)
                 return S
 
@@ -141,7 +150,8 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
             plgpu.SMEM((4, C), _F32),
             mgpu.smem((C, BLOCK_V), _F32),
             mgpu.smem((K, BLOCK_V), _F32),
-            plgpu.Barrier(num_barriers=4),
+            plgpu.Barrier(num_barriers=n_bar),
+            *_w_scratch(x, C, K, dtype),
         )
 
     kwargs = dict(interpret=mgpu.interpret_params()) if interpret else {}
@@ -155,8 +165,22 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
         grid=(BH, V // BLOCK_V),
         grid_names=("bh", "vb"),
         **kwargs,
-    )(q, k, v, rows, a, S0)
+    )(*inputs)
     return o[..., :V0], states, final[:, :K0, :V0]
+
+
+def _w_scratch(x: Inputs, C: int, K: int, dtype) -> list:
+    """Shared memory for w and the values u = v - w S (delta rule only)."""
+    return [] if x.w is None else [mgpu.smem((C, K), dtype), mgpu.smem((C, BLOCK_V), dtype)]
+
+
+def values_minus_ws(ops: mgpu.Ops, v_s, st_s, w_s, u_s):
+    """u = v - w S into u_s (in the input dtype; S from st_s, already in that dtype)."""
+    plgpu.commit_smem()
+    ws = ops.matmul(ops.zeros((CHUNK, BLOCK_V)), (mgpu.Operand(w_s), mgpu.Operand(st_s)))
+    u_s[...] = (ops.tile(v_s).astype(_F32) - ws).astype(u_s.dtype)
+    plgpu.commit_smem()
+    return u_s
 
 
 _op = op.make_op(forward, mosaic_gpu_bwd.backward, None, min_chunk=CHUNK)

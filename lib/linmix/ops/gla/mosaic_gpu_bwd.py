@@ -35,7 +35,7 @@ _F32 = jnp.float32
 def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math=None):
     """The `pallas.op.make_op` backward: (dq, dk, dv, dg or None, None, dS0) in kernel layout."""
     del math
-    from linmix.ops.gla.mosaic_gpu import BLOCK_V, _pad_to, _vectors
+    from linmix.ops.gla.mosaic_gpu import BLOCK_V, _pad_to, _vectors, values_minus_ws
 
     K0, V0 = x.q.shape[-1], x.v.shape[-1]
     q, k, v = (_pad_to(a, 2, 64) for a in (x.q, x.k, x.v))
@@ -45,15 +45,22 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
     rows, a = _vectors(x, C)
     do = _pad_to((scale * do).astype(dtype), 2, 64)
     lam0 = _pad_to(_pad_to(dS_final.astype(_F32), 1, 64), 2, 64)
+    has_w = x.w is not None  # the delta rule: values u = v - w S; dv is then du, plus dw
+    inputs = [q, k, v, do, rows, a, states, lam0] + ([_pad_to(x.w, 2, 64)] if has_w else [])
+    n_bar = 6 + has_w
 
-    def body(q_ref, k_ref, v_ref, do_ref, rows_ref, a_ref, st_ref, lam_ref, *outs):
-        dq_ref, dk_ref, dv_ref, sums_ref, da_ref, dS0_ref = outs
+    def body(*refs):
+        q_ref, k_ref, v_ref, do_ref, rows_ref, a_ref, st_ref, lam_ref = refs[:8]
+        w_ref = refs[8] if has_w else None
+        dq_ref, dk_ref, dv_ref, sums_ref, da_ref, dS0_ref = refs[8 + has_w : 14 + has_w]
+        dw_ref = refs[14 + has_w] if has_w else None
         bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
         cols = pl.ds(vb * BLOCK_V, BLOCK_V)
 
         def scoped(
-            q_s, k_s, v_s, do_s, S_s, lam_s, qd_s, rows_s, f32_s, outK_s, outV_s, sums_s, da_s, bar
-        ):
+            q_s, k_s, v_s, do_s, S_s, lam_s, qd_s, rows_s, f32_s, outK_s, outV_s, sums_s, da_s,
+            bar, *wu,
+        ):  # fmt: skip
             def store(value, buf, dst):
                 buf[...] = value
                 plgpu.commit_smem()
@@ -69,10 +76,13 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
                 plgpu.copy_gmem_to_smem(do_ref.at[bh, tok, cols], do_s, bar.at[3])
                 plgpu.copy_gmem_to_smem(rows_ref.at[bh, :, tok], rows_s, bar.at[4])
                 plgpu.copy_gmem_to_smem(st_ref.at[bh, n, :, cols], f32_s, bar.at[5])
-                for j in range(6):
+                if has_w:
+                    plgpu.copy_gmem_to_smem(w_ref.at[bh, tok], wu[0], bar.at[6])
+                for j in range(n_bar):
                     plgpu.barrier_wait(bar.at[j])
                 S = ops.tile(f32_s)
                 S_s[...] = S.astype(dtype)
+                u_s = values_minus_ws(ops, v_s, S_s, *wu[:2]) if has_w else v_s
                 lam_s[...] = lam.astype(dtype)
                 qs, ks = ops.column(rows_s.at[1], K), ops.column(rows_s.at[2], K)
                 q_t, k_t = ops.tile(q_s).astype(_F32), ops.tile(k_s).astype(_F32)
@@ -93,18 +103,18 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
                 zCC, Op = ops.zeros((C, C)), mgpu.Operand
                 zCK = ops.zeros((C, K))
                 do_t = ops.tile(do_s).astype(_F32)
-                diag = jnp.sum(do_t * ops.tile(v_s).astype(_F32), axis=1)
+                diag = jnp.sum(do_t * ops.tile(u_s).astype(_F32), axis=1)
                 diag = lax.broadcast_in_dim(diag, (C, K), [0])
                 da = jnp.sum(lam * S, axis=1)
                 # one gradient at a time, each stored before the next: few tiles live at once
-                W = ops.matmul(zCC, (Op(do_s), Op(v_s).T)) * Ds
+                W = ops.matmul(zCC, (Op(do_s), Op(u_s).T)) * Ds
                 do_q = (do_t * ops.column(rows_s.at[1], BLOCK_V)).astype(dtype)
                 dq = ops.matmul(zCK, (W.astype(dtype), Op(k_s)), (do_q, Op(S_s).T))
                 fe = jnp.sum(q_t * dq, axis=1)
                 store(dq + diag * k_t, outK_s, dq_ref.at[vb, bh, tok])
-                WT = ops.matmul(zCC, (Op(v_s), Op(do_s).T)) * DTs
+                WT = ops.matmul(zCC, (Op(u_s), Op(do_s).T)) * DTs
                 dk_strict = ops.matmul(zCK, (WT.astype(dtype), Op(q_s)))
-                dk_state = ops.matmul(zCK, (Op(v_s), Op(lam_s).T)) * ks
+                dk_state = ops.matmul(zCK, (Op(u_s), Op(lam_s).T)) * ks
                 fe = fe - jnp.sum(k_t * dk_strict, axis=1)
                 fs = jnp.sum(k_t * dk_state, axis=1)
                 store(dk_state + dk_strict + diag * q_t, outK_s, dk_ref.at[vb, bh, tok])
@@ -115,13 +125,21 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
                     ((k_t * ks).astype(dtype), Op(lam_s)),
                 )
                 store(dv, outV_s, dv_ref.at[bh, tok, cols])
+                lam_next = [(Op(qd_s).T, Op(do_s))]
+                if has_w:  # u = v - w S: dw = -du S^T, and -w^T du joins the state's gradient
+                    ndu_s = wu[2]
+                    ndu_s[...] = (-dv).astype(dtype)
+                    plgpu.commit_smem()
+                    dw = ops.matmul(zCK, ((-dv).astype(dtype), Op(S_s).T))
+                    store(dw, outK_s, dw_ref.at[vb, bh, tok])
+                    lam_next.append((Op(wu[0]).T, Op(ndu_s)))
                 sums_s[0] = fe
                 sums_s[1] = fs
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(sums_s, sums_ref.at[vb, bh, :, tok])
                 plgpu.wait_smem_to_gmem(0)
                 store(da, da_s, da_ref.at[vb, bh, n])
-                return ops.matmul(a_ref[bh, n] * lam, (Op(qd_s).T, Op(do_s)))
+                return ops.matmul(a_ref[bh, n] * lam, *lam_next)
 
             plgpu.copy_gmem_to_smem(lam_ref.at[bh, :, cols], f32_s, bar.at[0])
             plgpu.barrier_wait(bar.at[0])
@@ -143,27 +161,30 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
             mgpu.smem((C, BLOCK_V), _F32),
             plgpu.SMEM((2, C), _F32),
             plgpu.SMEM((K,), _F32),
-            plgpu.Barrier(num_barriers=6),
+            plgpu.Barrier(num_barriers=n_bar),
+            *([mgpu.smem((C, K), dtype)] + [mgpu.smem((C, BLOCK_V), dtype)] * 2 if has_w else []),
         )
 
     kwargs = dict(interpret=mgpu.interpret_params()) if interpret else {}
-    dq, dk, dv, sums, da, dS0 = plgpu.kernel(
+    partial_K = jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32)  # one per value block, summed
+    dq, dk, dv, sums, da, dS0, *dw = plgpu.kernel(
         body,
         out_type=(
-            jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32),
-            jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32),
+            partial_K,
+            partial_K,
             jax.ShapeDtypeStruct((BH, Tp, V), _F32),
             jax.ShapeDtypeStruct((NV, BH, 2, Tp), _F32),
             jax.ShapeDtypeStruct((NV, BH, N, K), _F32),
             jax.ShapeDtypeStruct((BH, K, V), _F32),
+            *([partial_K] if has_w else []),
         ),
         grid=(BH, NV),
         grid_names=("bh", "vb"),
         **kwargs,
-    )(q, k, v, do, rows, a, states, lam0)
-    dq, dk = (d.sum(axis=0)[..., :K0] for d in (dq, dk))
+    )(*inputs)
+    dq, dk, *dw = (d.sum(axis=0)[..., :K0] for d in (dq, dk, *dw))
     dg = None if x.g is None else _gate_grad(sums.sum(axis=0), da.sum(axis=(0, 3)), a, C)
-    return dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0]
+    return dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0], *dw
 
 
 def _gate_grad(sums: jax.Array, da: jax.Array, a: jax.Array, C: int) -> jax.Array:

@@ -63,6 +63,7 @@ class Inputs(NamedTuple):
     reads: jax.Array | None
     inlast: jax.Array | None
     heads: int
+    w: jax.Array | None = None  # [BH, Tp, K]: the delta rule's W (u = v - W S), Mosaic GPU only
 
     def token_arrays(self) -> list[jax.Array]:
         """The per-head [BH, Tp, D] arrays, in the order kernels read them."""
@@ -83,7 +84,7 @@ def unfold(x: jax.Array, B: int, T: int) -> jax.Array:
     return x.reshape(B, BH // B, Tp, D).transpose(0, 2, 1, 3)[:, :T]
 
 
-def prepare(q, k, v, g_BTHX, segment_ids, C: int, beta_BTH=None) -> Inputs:
+def prepare(q, k, v, g_BTHX, segment_ids, C: int, beta_BTH=None, w_BTHK=None) -> Inputs:
     B, T, H, _ = q.shape
     g = None if g_BTHX is None else fold(g_BTHX, C).astype(_F32)
     g_row = None
@@ -101,4 +102,5 @@ def prepare(q, k, v, g_BTHX, segment_ids, C: int, beta_BTH=None) -> Inputs:
             masks.reads_state_BNC.reshape(B, Tp, 1).astype(_F32),
             masks.in_last_seg_BNC.reshape(B, Tp, 1).astype(_F32),
         )
-    return Inputs(fold(q, C), fold(k, C), fold(v, C), g, g_row, beta, *seg, heads=H)
+    w = None if w_BTHK is None else fold(w_BTHK, C)
+    return Inputs(fold(q, C), fold(k, C), fold(v, C), g, g_row, beta, *seg, heads=H, w=w)

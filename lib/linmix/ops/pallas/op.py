@@ -17,50 +17,54 @@ _F32 = jnp.float32
 
 def make_op(run_forward, run_backward, math, min_chunk: int = 1):
     """The causal chunked op `(q, k, v, g, beta=None, *, scale, initial_state, segment_ids,
-    chunk_size, interpret) -> (o fp32 [B, T, H, V], S_final fp32)`, the contract of the engines'
-    XLA chunked forms. g: None, [B, T, H] or [B, T, H, K]; beta: None or [B, T, H]. Chunks are
-    at least `min_chunk` long (the sequence is padded)."""
+    chunk_size, interpret, w=None) -> (o fp32 [B, T, H, V], S_final fp32)`, the contract of the
+    engines' XLA chunked forms. g: None, [B, T, H] or [B, T, H, K]; beta: None or [B, T, H]; w:
+    None or [B, T, H, K], values u = v - w S (the delta rule after its WY transform; kernels
+    that take it return its gradient last). Chunks are at least `min_chunk` long (padded)."""
 
-    def prepare(q, k, v, g, beta, seg, C):
+    def prepare(q, k, v, g, beta, w, seg, C):
         g_BTHX = None if g is None else chunks.gate_BTHX(g, q.shape)
-        return layout.prepare(q, k, v, g_BTHX, seg, C, beta)
+        return layout.prepare(q, k, v, g_BTHX, seg, C, beta, w)
 
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-    def run(q, k, v, g, beta, S0, seg, scale, C, interpret):
-        return run_fwd(q, k, v, g, beta, S0, seg, scale, C, interpret)[0]
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
+    def run(q, k, v, g, beta, w, S0, seg, scale, C, interpret):
+        return run_fwd(q, k, v, g, beta, w, S0, seg, scale, C, interpret)[0]
 
-    def run_fwd(q, k, v, g, beta, S0, seg, scale, C, interpret):
-        x = prepare(q, k, v, g, beta, seg, C)
+    def run_fwd(q, k, v, g, beta, w, S0, seg, scale, C, interpret):
+        x = prepare(q, k, v, g, beta, w, seg, C)
         S0_fold = S0.astype(_F32).reshape(-1, *S0.shape[2:])
         o, states, S_final = run_forward(x, S0_fold, scale, C, interpret, math)
         out = (layout.unfold(o, q.shape[0], q.shape[1]), S_final)
-        return out, (q, k, v, g, beta, seg, states, jnp.zeros((), S0.dtype))
+        return out, (q, k, v, g, beta, w, seg, states, jnp.zeros((), S0.dtype))
 
     def run_bwd(scale, C, interpret, residuals, cotangents):
-        q, k, v, g, beta, seg, states, S0_like = residuals
+        q, k, v, g, beta, w, seg, states, S0_like = residuals
         do, dS_final = cotangents
         B, T = q.shape[:2]
-        x = prepare(q, k, v, g, beta, seg, C)
+        x = prepare(q, k, v, g, beta, w, seg, C)
         do = layout.fold(do, C)
         grads = run_backward(x, states, do, dS_final.astype(_F32), scale, C, interpret, math)
-        dq, dk, dv, dg, dbeta, dS0 = grads
+        dq, dk, dv, dg, dbeta, dS0, *dw = grads  # dw: kernels that take w (Mosaic GPU)
         unfold = layout.unfold
         dq, dk, dv = (unfold(d, B, T).astype(p.dtype) for d, p in ((dq, q), (dk, k), (dv, v)))
+        dw = None if w is None else unfold(dw[0], B, T).astype(w.dtype)
         if g is not None:
             dg = unfold(dg, B, T).reshape(g.shape).astype(g.dtype)
         if beta is not None:
             dbeta = unfold(dbeta, B, T).reshape(beta.shape).astype(beta.dtype)
         dS0 = dS0.reshape(B, -1, *dS0.shape[1:]).astype(S0_like.dtype)
-        return dq, dk, dv, dg, dbeta, dS0, None
+        return dq, dk, dv, dg, dbeta, dw, dS0, None
 
     run.defvjp(run_fwd, run_bwd)
 
-    def op(q, k, v, g, beta=None, *, scale, initial_state, segment_ids, chunk_size, interpret):
+    def op(
+        q, k, v, g, beta=None, *, scale, initial_state, segment_ids, chunk_size, interpret, w=None
+    ):
         B, T, H, K = q.shape
         if initial_state is None:
             initial_state = jnp.zeros((B, H, K, v.shape[-1]), _F32)
         C = max(min_chunk, chunks.chunk_length(T, chunk_size))
-        o, S_final = run(q, k, v, g, beta, initial_state, segment_ids, scale, C, interpret)
+        o, S_final = run(q, k, v, g, beta, w, initial_state, segment_ids, scale, C, interpret)
         return o, S_final.reshape(B, H, K, -1)
 
     return op
