@@ -1,5 +1,5 @@
 """GPU benchmark of the chunked engines: Pallas GPU kernels (Triton lowering: 'pallas_gpu'; the
-Mosaic GPU kernels: 'mosaic_gpu', no per-channel gates) vs the XLA chunked form vs the
+Mosaic GPU kernels: 'mosaic_gpu') vs the XLA chunked form vs the
 PyTorch ecosystem's chunk kernels (flash-linear-attention, when `fla` imports), same shapes.
 
     python experiments/bench/gpu.py            # on a GPU machine: tests + table
@@ -221,8 +221,6 @@ def main(argv=None) -> None:
             key, in_key, ct_key = jax.random.split(key, 3)
             x = inputs(kind, B, T, args.H, args.K, in_key)
             for impl in args.impls:
-                if impl == "mosaic_gpu" and kind == "vector":  # no per-channel gates
-                    continue
                 row = {"kind": kind, "T": T, "B": B, "impl": impl}
                 try:
                     row |= (

@@ -18,7 +18,7 @@ from linmix.ops.gla import gla
 from linmix.ops.gla.mosaic_gpu import gla_mosaic_gpu
 
 MOSAIC_TOL = 1e-2
-GATES = [None, "scalar"]
+GATES = [None, "scalar", "vector"]
 
 
 def _bf16(inputs: dict, dtype=jnp.bfloat16) -> dict:
@@ -36,11 +36,12 @@ def test_matches_reference(T: int, gate: str | None) -> None:
     compare(inputs, segment_ids=segment_ids, tol=MOSAIC_TOL, implementation="mosaic_gpu")
 
 
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
 @pytest.mark.parametrize("strength", [0.01, 20.0])
-def test_gate_strengths_and_bidirectional(strength: float) -> None:
+def test_gate_strengths_and_bidirectional(strength: float, gate: str) -> None:
     T = 70
     segment_ids = segments_from_starts(T, [[3, 16], [64]])
-    inputs = _bf16(make_inputs(T, "scalar", strength=strength, seed=3))
+    inputs = _bf16(make_inputs(T, gate, strength=strength, seed=3))
     compare(inputs, segment_ids=segment_ids, tol=MOSAIC_TOL, implementation="mosaic_gpu")
     compare(inputs, causal=False, tol=MOSAIC_TOL, implementation="mosaic_gpu")
 
@@ -52,15 +53,12 @@ def test_float16() -> None:
     compare(inputs, segment_ids=segment_ids, tol=MOSAIC_TOL, implementation="mosaic_gpu")
 
 
-def test_refuses_fp32_and_vector_gates() -> None:
+def test_refuses_fp32() -> None:
     inputs = make_inputs(8, "vector")
-    q, k, v, g = (inputs[n] for n in "qkvg")
+    q, k, v = (inputs[n] for n in "qkv")
     with pytest.raises(ValueError, match="bf16 or f16"):
         gla(q, k, v, implementation="mosaic_gpu")
-    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    with pytest.raises(ValueError, match="per-channel"):
-        gla(q, k, v, g, implementation="mosaic_gpu")
-    o, _ = gla(q, k, v, g[..., 0], implementation="mosaic_gpu")
+    o, _ = gla(*(x.astype(jnp.bfloat16) for x in (q, k, v)), implementation="mosaic_gpu")
     assert o.shape == (B, 8, H, V) and o.dtype == jnp.bfloat16 and K != V
 
 
@@ -72,7 +70,7 @@ def test_cuda_lowering(dims: tuple[int, int], gate: str | None, segmented: bool)
     register layouts, wgmma operand shapes, swizzles and TMA slices are checked here."""
     T, (Kd, Vd) = 256, dims
     q, v = jnp.zeros((1, T, 2, Kd), jnp.bfloat16), jnp.zeros((1, T, 2, Vd), jnp.bfloat16)
-    g = None if gate is None else jnp.zeros((1, T, 2))
+    g = None if gate is None else jnp.zeros((1, T, 2) + ((Kd,) if gate == "vector" else ()))
     segment_ids = jnp.zeros((1, T), jnp.int32) if segmented else None
 
     def loss(q, k, v, g):

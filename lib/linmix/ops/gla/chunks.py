@@ -124,19 +124,35 @@ def _where(mask_BN: jax.Array | None, x_BHN: jax.Array) -> jax.Array:
     return jnp.where(mask, x_BHN, 0.0)
 
 
+class Parts(NamedTuple):
+    """The value-independent parts of every chunk: o = q_decay S + P v, S' = a S + k_decay^T v."""
+
+    P_BHNRS: jax.Array  # intra-chunk pair weights, diagonal included
+    q_decay_BHNCK: jax.Array
+    k_decay_BHNCK: jax.Array
+    a_BHNX: jax.Array
+
+
 def chunk_terms(x: Chunked, masks: Masks | None) -> Terms:
     """The state-independent parts of every chunk (see the module docstring)."""
-    q_BHNCK, k_BHNCK, v_BHNCV, g_BHNCX = x
+    p = chunk_parts(x, masks)
+    o_intra_BHNCV = jnp.einsum("bhnrs,bhnsv->bhnrv", p.P_BHNRS, x.v_BHNCV)
+    dS_BHNKV = jnp.einsum("bhnck,bhncv->bhnkv", p.k_decay_BHNCK, x.v_BHNCV)
+    return Terms(o_intra_BHNCV, p.q_decay_BHNCK, p.a_BHNX, dS_BHNKV)
+
+
+def chunk_parts(x: Chunked, masks: Masks | None) -> Parts:
+    """P, the decayed queries and keys and the chunk decays (no values needed)."""
+    q_BHNCK, k_BHNCK, _, g_BHNCX = x
     same_BNRS = None if masks is None else masks.same_seg_BNRS
     if g_BHNCX is None:
-        return _terms_without_gate(q_BHNCK, k_BHNCK, v_BHNCV, masks)
+        return _parts_without_gate(q_BHNCK, k_BHNCK, masks)
     if g_BHNCX.shape[-1] == 1:
         b_BHNCX = within_chunk_sum(g_BHNCX, "inclusive")
         P_BHNRS = _intra_scalar(q_BHNCK, k_BHNCK, b_BHNCX[..., 0], same_BNRS)
     else:
         b_BHNCX = within_chunk_sum(g_BHNCX, "inclusive")
         P_BHNRS = _intra_vector(q_BHNCK, k_BHNCK, g_BHNCX, b_BHNCX, same_BNRS)
-    o_intra_BHNCV = jnp.einsum("bhnrs,bhnsv->bhnrv", P_BHNRS, v_BHNCV)
 
     # Keys weighted by their decay to the chunk end, only those of the segment open at the end.
     # The decay to the end, sum_{j > s} g_j, is summed directly rather than taken as b_C - b_s:
@@ -150,29 +166,24 @@ def chunk_terms(x: Chunked, masks: Masks | None) -> Terms:
     to_end_BHNCX = within_chunk_sum(g_BHNCX, "after")
     k_decay_BHNCK = k_BHNCK * over_keys(jnp.exp(to_end_BHNCX))
     k_decay_BHNCK = _where(masks and masks.in_last_seg_BNC, k_decay_BHNCK)
-    dS_BHNKV = jnp.einsum("bhnck,bhncv->bhnkv", k_decay_BHNCK, v_BHNCV)
     a_BHNX = _where(masks and masks.keeps_state_BN, jnp.exp(b_BHNCX[:, :, :, -1]))
 
     # Queries decayed from the chunk start; those in a new segment must not see the carried state.
     q_decay_BHNCK = q_BHNCK * over_keys(jnp.exp(b_BHNCX))
     q_decay_BHNCK = _where(masks and masks.reads_state_BNC, q_decay_BHNCK)
-    return Terms(o_intra_BHNCV, q_decay_BHNCK, a_BHNX, dS_BHNKV)
+    return Parts(P_BHNRS, q_decay_BHNCK, k_decay_BHNCK, a_BHNX)
 
 
-def _terms_without_gate(
-    q_BHNCK: jax.Array, k_BHNCK: jax.Array, v_BHNCV: jax.Array, masks: Masks | None
-) -> Terms:
-    """`chunk_terms` with every decay 1: a causal mask instead of a decay matrix."""
+def _parts_without_gate(q_BHNCK: jax.Array, k_BHNCK: jax.Array, masks: Masks | None) -> Parts:
+    """`chunk_parts` with every decay 1: a causal mask instead of a decay matrix."""
     B, H, N, C, _ = q_BHNCK.shape
     causal_BHNRS = _pair_mask(jnp.tril(jnp.ones((C, C), bool)), masks and masks.same_seg_BNRS)
     qk_BHNRS = jnp.einsum("bhnrk,bhnsk->bhnrs", q_BHNCK, k_BHNCK)
     P_BHNRS = jnp.where(causal_BHNRS, qk_BHNRS, 0.0)
-    o_intra_BHNCV = jnp.einsum("bhnrs,bhnsv->bhnrv", P_BHNRS, v_BHNCV)
     k_BHNCK = _where(masks and masks.in_last_seg_BNC, k_BHNCK)
-    dS_BHNKV = jnp.einsum("bhnck,bhncv->bhnkv", k_BHNCK, v_BHNCV)
     a_BHNX = _where(masks and masks.keeps_state_BN, jnp.ones((B, H, N, 1), _F32))
     q_decay_BHNCK = _where(masks and masks.reads_state_BNC, q_BHNCK)
-    return Terms(o_intra_BHNCV, q_decay_BHNCK, a_BHNX, dS_BHNKV)
+    return Parts(P_BHNRS, q_decay_BHNCK, k_BHNCK, a_BHNX)
 
 
 def spread(x: jax.Array, spec: str, size: int) -> jax.Array:

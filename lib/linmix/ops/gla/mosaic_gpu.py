@@ -2,7 +2,7 @@
 0.11), forward here and backward in `mosaic_gpu_bwd`, joined by `pallas.op.make_op`.
 
 Covers no gate and scalar gates with 16-bit inputs (wgmma takes bf16 / f16 operands, fp32
-accumulation). One program per (batch * head, block of BLOCK_V value columns) walks its chunks
+accumulation); per-channel gates run the state pass of `mosaic_gpu_pass`. One program per (batch * head, block of BLOCK_V value columns) walks its chunks
 of CHUNK tokens in order with the fp32 [K, BLOCK_V] state in registers:
 
     P       = (q k^T) * D,      D[r, s] = exp(b_r - b_s) [s <= r, same segment]
@@ -26,6 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from linmix.ops.gla import mosaic_gpu_bwd
+from linmix.ops.gla.mosaic_gpu_pass import gla_vector_mosaic_gpu
 from linmix.ops.pallas import mgpu, op
 from linmix.ops.pallas.layout import Inputs
 
@@ -187,16 +188,15 @@ _op = op.make_op(forward, mosaic_gpu_bwd.backward, None, min_chunk=CHUNK)
 
 
 def gla_mosaic_gpu(q, k, v, g, *, chunk_size: int, **kwargs):
-    """The `linmix.ops.pallas.op.make_op` contract for bf16 / f16 inputs and no or scalar gates;
-    chunks are always CHUNK tokens (`chunk_size` is not used)."""
+    """The `linmix.ops.pallas.op.make_op` contract for bf16 / f16 inputs; chunks are always CHUNK
+    tokens (`chunk_size` is not used). Per-channel gates take the `mosaic_gpu_pass` route."""
     del chunk_size
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(
             "implementation='mosaic_gpu' takes bf16 or f16 q, k, v of one dtype (wgmma operands), "
             f"got {q.dtype}, {k.dtype}, {v.dtype}; use 'pallas_gpu' or 'xla' for fp32"
         )
-    if g is not None and g.ndim == 4:
-        raise ValueError(
-            "implementation='mosaic_gpu' has no per-channel gates yet; use 'pallas_gpu' or 'xla'"
-        )
+    if g is not None and g.ndim == 4:  # per-channel gates: pair weights from XLA
+        kwargs.pop("w", None)
+        return gla_vector_mosaic_gpu(q, k, v, g, C=CHUNK, BV=BLOCK_V, **kwargs)
     return _op(q, k, v, g, chunk_size=CHUNK, **kwargs)

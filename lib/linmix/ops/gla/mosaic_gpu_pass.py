@@ -1,0 +1,191 @@
+"""Gated linear attention with per-channel gates on Mosaic GPU: the intra-chunk parts in XLA, the
+state pass in Mosaic GPU kernels (forward and backward).
+
+Per-channel decays do not factor out of the key sum, so the pair weights P of a chunk need
+secondary chunking (`chunks._intra_vector`); they, the decayed queries and keys and the chunk
+decays a [K] need no state and are computed for all chunks at once in XLA
+(`chunks.chunk_parts`, differentiated by autodiff). What is sequential runs in the kernels, one
+program per (batch * head, block of BLOCK_V value columns), chunks of CHUNK tokens:
+
+    o = scale * (qd S + P v),    S' = diag(a) S + kd^T v
+
+and its backward, walking the chunks in reverse from the stored states with lam = dL/dS':
+dqd = do S^T, dkd = v lam^T, dP = do v^T (these three summed over value blocks outside),
+dv = P^T do + kd lam, da = rowsum(lam * S), lam_prev = diag(a) lam + qd^T do.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from linmix.ops.gla import chunks
+from linmix.ops.pallas import layout, mgpu
+
+_F32 = jnp.float32
+
+
+def gla_vector_mosaic_gpu(q, k, v, g, *, scale, initial_state, segment_ids, interpret, C, BV):
+    """Causal GLA with g [B, T, H, K]: (o fp32 [B, T, H, V], final state fp32)."""
+    from linmix.ops.gla.mosaic_gpu import _pad_to
+
+    B, T, H, K = q.shape
+    V, dtype = v.shape[-1], q.dtype
+    f32 = (x.astype(_F32) for x in (q, k, v, g))
+    p = chunks.chunk_parts(chunks.chunk_inputs(*f32, C), chunks.segment_masks(segment_ids, C))
+    N = p.P_BHNRS.shape[2]
+
+    def flat(x):  # [B, H, N, C, D] -> [BH, Tp, D]
+        return x.reshape(B * H, N * C, x.shape[-1])
+
+    qd, kd = (_pad_to(flat(x), 2, 64) for x in (p.q_decay_BHNCK, p.k_decay_BHNCK))
+    a = _pad_to(p.a_BHNX.reshape(B * H, N, K), 2, 64)
+    v_f = _pad_to(layout.fold(v, C), 2, BV)
+    S0 = jnp.zeros((B, H, K, V), _F32) if initial_state is None else initial_state
+    S0 = _pad_to(_pad_to(S0.astype(_F32).reshape(B * H, K, V), 1, 64), 2, BV)
+    o, S = _state_pass(qd, kd, flat(p.P_BHNRS), v_f, a, S0, scale, dtype, interpret, C, BV)
+    return layout.unfold(o[..., :V], B, T), S[:, :K, :V].reshape(B, H, K, V)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _state_pass(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
+    return _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV)[0]
+
+
+def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
+    BH, Tp, K = qd.shape
+    V, N, ops = v.shape[-1], Tp // C, mgpu.Ops(interpret)
+    args = [x.astype(dtype) for x in (qd, kd, P)] + [v, a, S0]
+    qd, kd, P = args[:3]  # kept in the input dtype for the backward
+
+    def body(qd_ref, kd_ref, P_ref, v_ref, a_ref, S0_ref, o_ref, states_ref, final_ref):
+        bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
+        cols, Op = pl.ds(vb * BV, BV), mgpu.Operand
+
+        def scoped(qd_s, kd_s, P_s, v_s, st_s, a_s, o_s, sf_s, bar):
+            def save_state(S, dst):
+                _store(S, sf_s, dst)
+
+            def step(n, S):
+                tok = pl.ds(n * C, C)
+                srcs = (qd_ref.at[bh, tok], kd_ref.at[bh, tok], P_ref.at[bh, tok],
+                        v_ref.at[bh, tok, cols], a_ref.at[bh, n])  # fmt: skip
+                for i, (src, dst) in enumerate(zip(srcs, (qd_s, kd_s, P_s, v_s, a_s), strict=True)):
+                    plgpu.copy_gmem_to_smem(src, dst, bar.at[i])
+                save_state(S, states_ref.at[bh, n, :, cols])
+                st_s[...] = S.astype(dtype)
+                plgpu.commit_smem()
+                for i in range(5):
+                    plgpu.barrier_wait(bar.at[i])
+                o = ops.matmul(ops.zeros((C, BV)), (Op(P_s), Op(v_s)), (Op(qd_s), Op(st_s)))
+                o_s[...] = scale * o
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(o_s, o_ref.at[bh, tok, cols])
+                S = ops.matmul(ops.column(a_s, BV) * S, (Op(kd_s).T, Op(v_s)))
+                plgpu.wait_smem_to_gmem(0)
+                return S
+
+            plgpu.copy_gmem_to_smem(S0_ref.at[bh, :, cols], sf_s, bar.at[0])
+            plgpu.barrier_wait(bar.at[0])
+            save_state(lax.fori_loop(0, N, step, ops.tile(sf_s)), final_ref.at[bh, :, cols])
+
+        pl.run_scoped(
+            scoped,
+            mgpu.smem((C, K), dtype), mgpu.smem((C, K), dtype), mgpu.smem((C, C), dtype),
+            mgpu.smem((C, BV), dtype), mgpu.smem((K, BV), dtype), plgpu.SMEM((K,), _F32),
+            mgpu.smem((C, BV), _F32), mgpu.smem((K, BV), _F32), plgpu.Barrier(num_barriers=5),
+        )  # fmt: skip
+
+    o, states, final = _launch(
+        body, interpret, (BH, V // BV),
+        [((BH, Tp, V), _F32), ((BH, N, K, V), _F32), ((BH, K, V), _F32)],
+    )(*args)  # fmt: skip
+    return (o, final), (qd, kd, P, v, a, states, jnp.zeros((), S0.dtype))
+
+
+def _pass_bwd(scale, dtype, interpret, C, BV, residuals, cotangents):
+    qd, kd, P, v, a, states, _ = residuals
+    do, dS_final = cotangents
+    BH, Tp, K = qd.shape
+    V, N, ops = v.shape[-1], Tp // C, mgpu.Ops(interpret)
+    NV = V // BV
+    args = [x.astype(dtype) for x in (qd, kd, P, v, scale * do)] + [a, states, dS_final]
+
+    def body(qd_ref, kd_ref, P_ref, v_ref, do_ref, a_ref, st_ref, lam_ref, *outs):
+        dqd_ref, dkd_ref, dP_ref, dv_ref, da_ref, dS0_ref = outs
+        bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
+        cols, Op = pl.ds(vb * BV, BV), mgpu.Operand
+
+        def scoped(qd_s, kd_s, P_s, v_s, do_s, a_s, f32_s, S_s, lam_s, oK_s, oC_s, oV_s, da_s,
+                   bar):  # fmt: skip
+            def step(i, lam):
+                n = N - 1 - i
+                tok = pl.ds(n * C, C)
+                srcs = (qd_ref.at[bh, tok], kd_ref.at[bh, tok], P_ref.at[bh, tok],
+                        v_ref.at[bh, tok, cols], do_ref.at[bh, tok, cols], a_ref.at[bh, n],
+                        st_ref.at[bh, n, :, cols])  # fmt: skip
+                dsts = (qd_s, kd_s, P_s, v_s, do_s, a_s, f32_s)
+                for j, (src, dst) in enumerate(zip(srcs, dsts, strict=True)):
+                    plgpu.copy_gmem_to_smem(src, dst, bar.at[j])
+                for j in range(7):
+                    plgpu.barrier_wait(bar.at[j])
+                S = ops.tile(f32_s)
+                S_s[...] = S.astype(dtype)
+                lam_s[...] = lam.astype(dtype)
+                plgpu.commit_smem()
+                zK = ops.zeros((C, K))
+                _store(ops.matmul(zK, (Op(do_s), Op(S_s).T)), oK_s, dqd_ref.at[vb, bh, tok])
+                _store(ops.matmul(zK, (Op(v_s), Op(lam_s).T)), oK_s, dkd_ref.at[vb, bh, tok])
+                dP = ops.matmul(ops.zeros((C, C)), (Op(do_s), Op(v_s).T))
+                _store(dP, oC_s, dP_ref.at[vb, bh, tok])
+                dv = ops.matmul(ops.zeros((C, BV)), (Op(P_s).T, Op(do_s)), (Op(kd_s), Op(lam_s)))
+                _store(dv, oV_s, dv_ref.at[bh, tok, cols])
+                _store(jnp.sum(lam * S, axis=1), da_s, da_ref.at[vb, bh, n])
+                return ops.matmul(ops.column(a_s, BV) * lam, (Op(qd_s).T, Op(do_s)))
+
+            plgpu.copy_gmem_to_smem(lam_ref.at[bh, :, cols], f32_s, bar.at[0])
+            plgpu.barrier_wait(bar.at[0])
+            _store(lax.fori_loop(0, N, step, ops.tile(f32_s)), f32_s, dS0_ref.at[bh, :, cols])
+
+        pl.run_scoped(
+            scoped,
+            mgpu.smem((C, K), dtype), mgpu.smem((C, K), dtype), mgpu.smem((C, C), dtype),
+            mgpu.smem((C, BV), dtype), mgpu.smem((C, BV), dtype), plgpu.SMEM((K,), _F32),
+            mgpu.smem((K, BV), _F32), mgpu.smem((K, BV), dtype), mgpu.smem((K, BV), dtype),
+            mgpu.smem((C, K), _F32), mgpu.smem((C, C), _F32), mgpu.smem((C, BV), _F32),
+            plgpu.SMEM((K,), _F32), plgpu.Barrier(num_barriers=7),
+        )  # fmt: skip
+
+    dqd, dkd, dP, dv, da, dS0 = _launch(
+        body, interpret, (BH, NV),
+        [((NV, BH, Tp, K), _F32), ((NV, BH, Tp, K), _F32), ((NV, BH, Tp, C), _F32),
+         ((BH, Tp, V), _F32), ((NV, BH, N, K), _F32), ((BH, K, V), _F32)],
+    )(*args)  # fmt: skip
+    dqd, dkd, dP, da = (x.sum(axis=0) for x in (dqd, dkd, dP, da))
+    return dqd, dkd, dP, dv.astype(v.dtype), da, dS0
+
+
+_state_pass.defvjp(_pass_fwd, _pass_bwd)
+
+
+def _store(value, buf, dst) -> None:
+    buf[...] = value
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(buf, dst)
+    plgpu.wait_smem_to_gmem(0)
+
+
+def _launch(body, interpret: bool, grid, outs):
+    kwargs = dict(interpret=mgpu.interpret_params()) if interpret else {}
+    return plgpu.kernel(
+        body,
+        out_type=tuple(jax.ShapeDtypeStruct(s, d) for s, d in outs),
+        grid=grid,
+        grid_names=("bh", "vb"),
+        **kwargs,
+    )
