@@ -2,8 +2,9 @@
 0.11), forward here and backward in `mosaic_gpu_bwd`, joined by `pallas.op.make_op`.
 
 Covers no gate and scalar gates with 16-bit inputs (wgmma takes bf16 / f16 operands, fp32
-accumulation); per-channel gates run the state pass of `mosaic_gpu_pass`. One program per (batch * head, block of BLOCK_V value columns) walks its chunks
-of CHUNK tokens in order with the fp32 [K, BLOCK_V] state in registers:
+accumulation); per-channel gates run the state pass of `mosaic_gpu_pass`. One program per
+(batch * head, block of BLOCK_V value columns) walks its chunks of CHUNK tokens in order with the
+fp32 [K, BLOCK_V] state in registers:
 
     P       = (q k^T) * D,      D[r, s] = exp(b_r - b_s) [s <= r, same segment]
     o       = scale * (P v + (q * qs) S)
