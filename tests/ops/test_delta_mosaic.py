@@ -21,7 +21,7 @@ def _bf16(inputs: dict) -> dict:
     return {n: (x.astype(jnp.bfloat16) if n in ("q", "k", "v") else x) for n, x in inputs.items()}
 
 
-@pytest.mark.parametrize(("T", "gated"), [(1, True), (65, False), (65, True), (200, True)])
+@pytest.mark.parametrize(("T", "gated"), [(1, True), (65, False), (200, True)])
 def test_matches_reference(T: int, gated: bool) -> None:
     """Segment starts on and off chunk edges, states, in-op L2 norm of q and k."""
     starts = [[1, 16, 64, 100, 128], [50]] if T > 1 else [[], []]
