@@ -7,10 +7,10 @@ Compared at the Mosaic kernels' bound (16-bit wgmma operands, see test_gla_mosai
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import pytest
 from test_delta import compare, make_inputs, segments_from_starts
+from test_delta_kernels import _lower
 from test_gla_mosaic import MOSAIC_TOL
 
 from linmix.ops.delta import delta_rule
@@ -48,21 +48,8 @@ def test_refuses_fp32_values() -> None:
 @pytest.mark.parametrize("gated", [False, True])
 def test_cuda_lowering(gated: bool, segmented: bool) -> None:
     """Forward and backward lower through Mosaic GPU for CUDA at K = V = 128, from CPU."""
-    T = 256
-    q = jnp.zeros((1, T, 2, 128), jnp.bfloat16)
-    beta, g = jnp.ones((1, T, 2)), (jnp.zeros((1, T, 2)) if gated else None)
-    segment_ids = jnp.zeros((1, T), jnp.int32) if segmented else None
-
-    def loss(q, k, v, beta, g):
-        o, S = delta_rule_mosaic_gpu(
-            q, k, v, beta, g, scale=0.1, initial_state=None, segment_ids=segment_ids,
-            chunk_size=64, interpret=False,
-        )  # fmt: skip
-        return jnp.sum(o) + jnp.sum(S)
-
-    grad = jax.grad(loss, argnums=(0, 1, 2, 3) if g is None else (0, 1, 2, 3, 4))
-    text = jax.jit(grad).trace(q, q, q, beta, g).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 2
+    lowered = _lower(delta_rule_mosaic_gpu, "cuda", gated, segmented)
+    assert lowered.as_text().count("custom_call @mosaic_gpu") == 2
 
 
 @pytest.mark.gpu
