@@ -97,12 +97,6 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
         cols = pl.ds(vb * BLOCK_V, BLOCK_V)
 
         def scoped(q_s, k_s, v_s, kd_s, st_s, rows_s, o_s, sf_s, bar, *wu):
-            def save_state(S, dst):
-                sf_s[...] = S
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(sf_s, dst)
-                plgpu.wait_smem_to_gmem(0)
-
             def step(n, S):
                 tok = pl.ds(n * C, C)
                 plgpu.copy_gmem_to_smem(q_ref.at[bh, tok], q_s, bar.at[0])
@@ -111,7 +105,7 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
                 plgpu.copy_gmem_to_smem(rows_ref.at[bh, :, tok], rows_s, bar.at[3])
                 if wu:
                     plgpu.copy_gmem_to_smem(refs[6].at[bh, tok], wu[0], bar.at[4])
-                save_state(S, states_ref.at[bh, n, :, cols])
+                mgpu.store(S, sf_s, states_ref.at[bh, n, :, cols])
                 st_s[...] = S.astype(dtype)
                 for i in range(n_bar):
                     plgpu.barrier_wait(bar.at[i])
@@ -140,7 +134,7 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
             plgpu.copy_gmem_to_smem(S0_ref.at[bh, :, cols], sf_s, bar.at[0])
             plgpu.barrier_wait(bar.at[0])
             S = lax.fori_loop(0, N, step, ops.tile(sf_s))
-            save_state(S, final_ref.at[bh, :, cols])
+            mgpu.store(S, sf_s, final_ref.at[bh, :, cols])
 
         pl.run_scoped(
             scoped,
@@ -156,18 +150,10 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
             *_w_scratch(x, C, K, dtype),
         )
 
-    kwargs = dict(interpret=mgpu.interpret_params()) if interpret else {}
-    o, states, final = plgpu.kernel(
-        body,
-        out_type=(
-            jax.ShapeDtypeStruct((BH, Tp, V), _F32),
-            jax.ShapeDtypeStruct((BH, N, K, V), _F32),
-            jax.ShapeDtypeStruct((BH, K, V), _F32),
-        ),
-        grid=(BH, V // BLOCK_V),
-        grid_names=("bh", "vb"),
-        **kwargs,
-    )(*inputs)
+    o, states, final = mgpu.launch(
+        body, interpret, (BH, V // BLOCK_V),
+        [((BH, Tp, V), _F32), ((BH, N, K, V), _F32), ((BH, K, V), _F32)],
+    )(*inputs)  # fmt: skip
     return o[..., :V0], states, final[:, :K0, :V0]
 
 

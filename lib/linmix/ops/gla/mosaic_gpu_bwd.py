@@ -61,12 +61,6 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
             q_s, k_s, v_s, do_s, S_s, lam_s, qd_s, rows_s, f32_s, outK_s, outV_s, sums_s, da_s,
             bar, *wu,
         ):  # fmt: skip
-            def store(value, buf, dst):
-                buf[...] = value
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(buf, dst)
-                plgpu.wait_smem_to_gmem(0)
-
             def step(i, lam):
                 n = N - 1 - i
                 tok = pl.ds(n * C, C)
@@ -111,40 +105,40 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
                 do_q = (do_t * ops.column(rows_s.at[1], BLOCK_V)).astype(dtype)
                 dq = ops.matmul(zCK, (W.astype(dtype), Op(k_s)), (do_q, Op(S_s).T))
                 fe = jnp.sum(q_t * dq, axis=1)
-                store(dq + diag * k_t, outK_s, dq_ref.at[vb, bh, tok])
+                mgpu.store(dq + diag * k_t, outK_s, dq_ref.at[vb, bh, tok])
                 WT = ops.matmul(zCC, (Op(u_s), Op(do_s).T)) * DTs
                 dk_strict = ops.matmul(zCK, (WT.astype(dtype), Op(q_s)))
                 dk_state = ops.matmul(zCK, (Op(u_s), Op(lam_s).T)) * ks
                 fe = fe - jnp.sum(k_t * dk_strict, axis=1)
                 fs = jnp.sum(k_t * dk_state, axis=1)
-                store(dk_state + dk_strict + diag * q_t, outK_s, dk_ref.at[vb, bh, tok])
+                mgpu.store(dk_state + dk_strict + diag * q_t, outK_s, dk_ref.at[vb, bh, tok])
                 PT = ops.matmul(zCC, (Op(k_s), Op(q_s).T)) * DT
                 dv = ops.matmul(
                     ops.zeros((C, BLOCK_V)),
                     (PT.astype(dtype), Op(do_s)),
                     ((k_t * ks).astype(dtype), Op(lam_s)),
                 )
-                store(dv, outV_s, dv_ref.at[bh, tok, cols])
+                mgpu.store(dv, outV_s, dv_ref.at[bh, tok, cols])
                 lam_next = [(Op(qd_s).T, Op(do_s))]
                 if has_w:  # u = v - w S: dw = -du S^T, and -w^T du joins the state's gradient
                     ndu_s = wu[2]
                     ndu_s[...] = (-dv).astype(dtype)
                     plgpu.commit_smem()
                     dw = ops.matmul(zCK, ((-dv).astype(dtype), Op(S_s).T))
-                    store(dw, outK_s, dw_ref.at[vb, bh, tok])
+                    mgpu.store(dw, outK_s, dw_ref.at[vb, bh, tok])
                     lam_next.append((Op(wu[0]).T, Op(ndu_s)))
                 sums_s[0] = fe
                 sums_s[1] = fs
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(sums_s, sums_ref.at[vb, bh, :, tok])
                 plgpu.wait_smem_to_gmem(0)
-                store(da, da_s, da_ref.at[vb, bh, n])
+                mgpu.store(da, da_s, da_ref.at[vb, bh, n])
                 return ops.matmul(a_ref[bh, n] * lam, *lam_next)
 
             plgpu.copy_gmem_to_smem(lam_ref.at[bh, :, cols], f32_s, bar.at[0])
             plgpu.barrier_wait(bar.at[0])
             lam = lax.fori_loop(0, N, step, ops.tile(f32_s))
-            store(lam, f32_s, dS0_ref.at[bh, :, cols])
+            mgpu.store(lam, f32_s, dS0_ref.at[bh, :, cols])
 
         pl.run_scoped(
             scoped,
@@ -165,23 +159,12 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
             *([mgpu.smem((C, K), dtype)] + [mgpu.smem((C, BLOCK_V), dtype)] * 2 if has_w else []),
         )
 
-    kwargs = dict(interpret=mgpu.interpret_params()) if interpret else {}
-    partial_K = jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32)  # one per value block, summed
-    dq, dk, dv, sums, da, dS0, *dw = plgpu.kernel(
-        body,
-        out_type=(
-            partial_K,
-            partial_K,
-            jax.ShapeDtypeStruct((BH, Tp, V), _F32),
-            jax.ShapeDtypeStruct((NV, BH, 2, Tp), _F32),
-            jax.ShapeDtypeStruct((NV, BH, N, K), _F32),
-            jax.ShapeDtypeStruct((BH, K, V), _F32),
-            *([partial_K] if has_w else []),
-        ),
-        grid=(BH, NV),
-        grid_names=("bh", "vb"),
-        **kwargs,
-    )(*inputs)
+    partial_K = ((NV, BH, Tp, K), _F32)  # one per value block, summed below
+    dq, dk, dv, sums, da, dS0, *dw = mgpu.launch(
+        body, interpret, (BH, NV),
+        [partial_K, partial_K, ((BH, Tp, V), _F32), ((NV, BH, 2, Tp), _F32),
+         ((NV, BH, N, K), _F32), ((BH, K, V), _F32), *([partial_K] if has_w else [])],
+    )(*inputs)  # fmt: skip
     dq, dk, *dw = (d.sum(axis=0)[..., :K0] for d in (dq, dk, *dw))
     dg = None if x.g is None else _gate_grad(sums.sum(axis=0), da.sum(axis=(0, 3)), a, C)
     return dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0], *dw

@@ -68,16 +68,13 @@ def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
         cols, Op = pl.ds(vb * BV, BV), mgpu.Operand
 
         def scoped(qd_s, kd_s, P_s, v_s, st_s, a_s, o_s, sf_s, bar):
-            def save_state(S, dst):
-                _store(S, sf_s, dst)
-
             def step(n, S):
                 tok = pl.ds(n * C, C)
                 srcs = (qd_ref.at[bh, tok], kd_ref.at[bh, tok], P_ref.at[bh, tok],
                         v_ref.at[bh, tok, cols], a_ref.at[bh, n])  # fmt: skip
                 for i, (src, dst) in enumerate(zip(srcs, (qd_s, kd_s, P_s, v_s, a_s), strict=True)):
                     plgpu.copy_gmem_to_smem(src, dst, bar.at[i])
-                save_state(S, states_ref.at[bh, n, :, cols])
+                mgpu.store(S, sf_s, states_ref.at[bh, n, :, cols])
                 st_s[...] = S.astype(dtype)
                 plgpu.commit_smem()
                 for i in range(5):
@@ -92,7 +89,8 @@ def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
 
             plgpu.copy_gmem_to_smem(S0_ref.at[bh, :, cols], sf_s, bar.at[0])
             plgpu.barrier_wait(bar.at[0])
-            save_state(lax.fori_loop(0, N, step, ops.tile(sf_s)), final_ref.at[bh, :, cols])
+            S = lax.fori_loop(0, N, step, ops.tile(sf_s))
+            mgpu.store(S, sf_s, final_ref.at[bh, :, cols])
 
         pl.run_scoped(
             scoped,
@@ -101,7 +99,7 @@ def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
             mgpu.smem((C, BV), _F32), mgpu.smem((K, BV), _F32), plgpu.Barrier(num_barriers=5),
         )  # fmt: skip
 
-    o, states, final = _launch(
+    o, states, final = mgpu.launch(
         body, interpret, (BH, V // BV),
         [((BH, Tp, V), _F32), ((BH, N, K, V), _F32), ((BH, K, V), _F32)],
     )(*args)  # fmt: skip
@@ -139,18 +137,18 @@ def _pass_bwd(scale, dtype, interpret, C, BV, residuals, cotangents):
                 lam_s[...] = lam.astype(dtype)
                 plgpu.commit_smem()
                 zK = ops.zeros((C, K))
-                _store(ops.matmul(zK, (Op(do_s), Op(S_s).T)), oK_s, dqd_ref.at[vb, bh, tok])
-                _store(ops.matmul(zK, (Op(v_s), Op(lam_s).T)), oK_s, dkd_ref.at[vb, bh, tok])
+                mgpu.store(ops.matmul(zK, (Op(do_s), Op(S_s).T)), oK_s, dqd_ref.at[vb, bh, tok])
+                mgpu.store(ops.matmul(zK, (Op(v_s), Op(lam_s).T)), oK_s, dkd_ref.at[vb, bh, tok])
                 dP = ops.matmul(ops.zeros((C, C)), (Op(do_s), Op(v_s).T))
-                _store(dP, oC_s, dP_ref.at[vb, bh, tok])
+                mgpu.store(dP, oC_s, dP_ref.at[vb, bh, tok])
                 dv = ops.matmul(ops.zeros((C, BV)), (Op(P_s).T, Op(do_s)), (Op(kd_s), Op(lam_s)))
-                _store(dv, oV_s, dv_ref.at[bh, tok, cols])
-                _store(jnp.sum(lam * S, axis=1), da_s, da_ref.at[vb, bh, n])
+                mgpu.store(dv, oV_s, dv_ref.at[bh, tok, cols])
+                mgpu.store(jnp.sum(lam * S, axis=1), da_s, da_ref.at[vb, bh, n])
                 return ops.matmul(ops.column(a_s, BV) * lam, (Op(qd_s).T, Op(do_s)))
 
             plgpu.copy_gmem_to_smem(lam_ref.at[bh, :, cols], f32_s, bar.at[0])
             plgpu.barrier_wait(bar.at[0])
-            _store(lax.fori_loop(0, N, step, ops.tile(f32_s)), f32_s, dS0_ref.at[bh, :, cols])
+            mgpu.store(lax.fori_loop(0, N, step, ops.tile(f32_s)), f32_s, dS0_ref.at[bh, :, cols])
 
         pl.run_scoped(
             scoped,
@@ -161,7 +159,7 @@ def _pass_bwd(scale, dtype, interpret, C, BV, residuals, cotangents):
             plgpu.SMEM((K,), _F32), plgpu.Barrier(num_barriers=7),
         )  # fmt: skip
 
-    dqd, dkd, dP, dv, da, dS0 = _launch(
+    dqd, dkd, dP, dv, da, dS0 = mgpu.launch(
         body, interpret, (BH, NV),
         [((NV, BH, Tp, K), _F32), ((NV, BH, Tp, K), _F32), ((NV, BH, Tp, C), _F32),
          ((BH, Tp, V), _F32), ((NV, BH, N, K), _F32), ((BH, K, V), _F32)],
@@ -171,21 +169,3 @@ def _pass_bwd(scale, dtype, interpret, C, BV, residuals, cotangents):
 
 
 _state_pass.defvjp(_pass_fwd, _pass_bwd)
-
-
-def _store(value, buf, dst) -> None:
-    buf[...] = value
-    plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(buf, dst)
-    plgpu.wait_smem_to_gmem(0)
-
-
-def _launch(body, interpret: bool, grid, outs):
-    kwargs = dict(interpret=mgpu.interpret_params()) if interpret else {}
-    return plgpu.kernel(
-        body,
-        out_type=tuple(jax.ShapeDtypeStruct(s, d) for s, d in outs),
-        grid=grid,
-        grid_names=("bh", "vb"),
-        **kwargs,
-    )

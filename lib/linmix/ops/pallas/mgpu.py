@@ -37,6 +37,26 @@ def interpret_params():
     return InterpretGPUParams()
 
 
+def store(value: jax.Array, buf, dst) -> None:
+    """value -> shared-memory buf -> global-memory dst, waiting for the copy (buf is reusable)."""
+    buf[...] = value
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(buf, dst)
+    plgpu.wait_smem_to_gmem(0)
+
+
+def launch(body, interpret: bool, grid: tuple[int, int], outs):
+    """`plgpu.kernel` over grid (bh, vb) with outputs [(shape, dtype), ...]; interpreted on CPU."""
+    kwargs = dict(interpret=interpret_params()) if interpret else {}
+    return plgpu.kernel(
+        body,
+        out_type=tuple(jax.ShapeDtypeStruct(s, d) for s, d in outs),
+        grid=grid,
+        grid_names=("bh", "vb"),
+        **kwargs,
+    )
+
+
 class Operand:
     """A shared-memory wgmma operand, optionally transposed."""
 
