@@ -131,10 +131,9 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
                 plgpu.wait_smem_to_gmem(0)
                 return S
 
-            plgpu.copy_gmem_to_smem(S0_ref.at[bh, :, cols], sf_s, bar.at[0])
-            plgpu.barrier_wait(bar.at[0])
-            S = lax.fori_loop(0, N, step, ops.tile(sf_s))
-            mgpu.store(S, sf_s, final_ref.at[bh, :, cols])
+            mgpu.walk(
+                ops, N, step, S0_ref.at[bh, :, cols], sf_s, bar.at[0], final_ref.at[bh, :, cols]
+            )
 
         pl.run_scoped(
             scoped,

@@ -135,10 +135,9 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
                 mgpu.store(da, da_s, da_ref.at[vb, bh, n])
                 return ops.matmul(a_ref[bh, n] * lam, *lam_next)
 
-            plgpu.copy_gmem_to_smem(lam_ref.at[bh, :, cols], f32_s, bar.at[0])
-            plgpu.barrier_wait(bar.at[0])
-            lam = lax.fori_loop(0, N, step, ops.tile(f32_s))
-            mgpu.store(lam, f32_s, dS0_ref.at[bh, :, cols])
+            mgpu.walk(
+                ops, N, step, lam_ref.at[bh, :, cols], f32_s, bar.at[0], dS0_ref.at[bh, :, cols]
+            )
 
         pl.run_scoped(
             scoped,

@@ -87,10 +87,9 @@ def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
                 plgpu.wait_smem_to_gmem(0)
                 return S
 
-            plgpu.copy_gmem_to_smem(S0_ref.at[bh, :, cols], sf_s, bar.at[0])
-            plgpu.barrier_wait(bar.at[0])
-            S = lax.fori_loop(0, N, step, ops.tile(sf_s))
-            mgpu.store(S, sf_s, final_ref.at[bh, :, cols])
+            mgpu.walk(
+                ops, N, step, S0_ref.at[bh, :, cols], sf_s, bar.at[0], final_ref.at[bh, :, cols]
+            )
 
         pl.run_scoped(
             scoped,
@@ -146,9 +145,9 @@ def _pass_bwd(scale, dtype, interpret, C, BV, residuals, cotangents):
                 mgpu.store(jnp.sum(lam * S, axis=1), da_s, da_ref.at[vb, bh, n])
                 return ops.matmul(ops.column(a_s, BV) * lam, (Op(qd_s).T, Op(do_s)))
 
-            plgpu.copy_gmem_to_smem(lam_ref.at[bh, :, cols], f32_s, bar.at[0])
-            plgpu.barrier_wait(bar.at[0])
-            mgpu.store(lax.fori_loop(0, N, step, ops.tile(f32_s)), f32_s, dS0_ref.at[bh, :, cols])
+            mgpu.walk(
+                ops, N, step, lam_ref.at[bh, :, cols], f32_s, bar.at[0], dS0_ref.at[bh, :, cols]
+            )
 
         pl.run_scoped(
             scoped,

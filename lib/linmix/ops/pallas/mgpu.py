@@ -45,6 +45,14 @@ def store(value: jax.Array, buf, dst) -> None:
     plgpu.wait_smem_to_gmem(0)
 
 
+def walk(ops: Ops, n: int, step, start_ref, buf, barrier, end_ref) -> None:
+    """The chunk loop of a kernel: the carried [K, BV] fp32 tile is read from start_ref (global)
+    through buf, carried through `step(i, carry)` for i < n, and written to end_ref."""
+    plgpu.copy_gmem_to_smem(start_ref, buf, barrier)
+    plgpu.barrier_wait(barrier)
+    store(lax.fori_loop(0, n, step, ops.tile(buf)), buf, end_ref)
+
+
 def launch(body, interpret: bool, grid: tuple[int, int], outs):
     """`plgpu.kernel` over grid (bh, vb) with outputs [(shape, dtype), ...]; interpreted on CPU."""
     kwargs = dict(interpret=interpret_params()) if interpret else {}
