@@ -53,13 +53,16 @@ def test_float16() -> None:
     compare(inputs, segment_ids=segment_ids, tol=MOSAIC_TOL, implementation="mosaic_gpu")
 
 
-def test_refuses_fp32() -> None:
+def test_refuses_fp32_and_wide_keys() -> None:
     inputs = make_inputs(8, "vector")
     q, k, v = (inputs[n] for n in "qkv")
     with pytest.raises(ValueError, match="bf16 or f16"):
         gla(q, k, v, implementation="mosaic_gpu")
     o, _ = gla(*(x.astype(jnp.bfloat16) for x in (q, k, v)), implementation="mosaic_gpu")
     assert o.shape == (B, 8, H, V) and o.dtype == jnp.bfloat16 and K != V
+    wide = jnp.zeros((1, 8, 1, 192), jnp.bfloat16)
+    with pytest.raises(ValueError, match="key dims up to 128"):
+        gla(wide, wide, wide, implementation="mosaic_gpu")
 
 
 @pytest.mark.parametrize("segmented", [False, True])

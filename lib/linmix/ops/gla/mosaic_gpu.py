@@ -35,6 +35,7 @@ _F32 = jnp.float32
 CHUNK = 64
 BLOCK_V = 64
 DTYPES = (jnp.bfloat16, jnp.float16)
+MAX_K = 128  # the delta rule's backward holds ~210 KiB of shared memory at K = 128 (H100: 227)
 
 
 def _pad_to(x: jax.Array, axis: int, multiple: int) -> jax.Array:
@@ -181,6 +182,11 @@ def gla_mosaic_gpu(q, k, v, g, *, chunk_size: int, **kwargs):
         raise ValueError(
             "implementation='mosaic_gpu' takes bf16 or f16 q, k, v of one dtype (wgmma operands), "
             f"got {q.dtype}, {k.dtype}, {v.dtype}; use 'pallas_gpu' or 'xla' for fp32"
+        )
+    if q.shape[-1] > MAX_K:
+        raise ValueError(
+            f"implementation='mosaic_gpu' takes key dims up to {MAX_K} (its tiles must fit in "
+            f"shared memory), got K = {q.shape[-1]}; use 'pallas_gpu' or 'xla'"
         )
     if g is not None and g.ndim == 4:  # per-channel gates: pair weights from XLA
         kwargs.pop("w", None)
