@@ -125,12 +125,8 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
                     (P.astype(dtype), mgpu.Operand(values)),
                     (qd.astype(dtype), mgpu.Operand(st_s)),
                 )
-                o_s[...] = scale * o
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(o_s, o_ref.at[bh, tok, cols])
-                S = ops.matmul(a_ref[bh, n] * S, (mgpu.Operand(kd_s).T, mgpu.Operand(values)))
-                plgpu.wait_smem_to_gmem(0)
-                return S
+                S_next = (a_ref[bh, n] * S, (mgpu.Operand(kd_s).T, mgpu.Operand(values)))
+                return mgpu.output_then_state(ops, scale * o, o_s, o_ref.at[bh, tok, cols], *S_next)
 
             mgpu.walk(
                 ops, N, step, S0_ref.at[bh, :, cols], sf_s, bar.at[0], final_ref.at[bh, :, cols]

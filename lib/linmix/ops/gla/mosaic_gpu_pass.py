@@ -80,12 +80,8 @@ def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
                 for i in range(5):
                     plgpu.barrier_wait(bar.at[i])
                 o = ops.matmul(ops.zeros((C, BV)), (Op(P_s), Op(v_s)), (Op(qd_s), Op(st_s)))
-                o_s[...] = scale * o
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(o_s, o_ref.at[bh, tok, cols])
-                S = ops.matmul(ops.column(a_s, BV) * S, (Op(kd_s).T, Op(v_s)))
-                plgpu.wait_smem_to_gmem(0)
-                return S
+                S_next = (ops.column(a_s, BV) * S, (Op(kd_s).T, Op(v_s)))
+                return mgpu.output_then_state(ops, scale * o, o_s, o_ref.at[bh, tok, cols], *S_next)
 
             mgpu.walk(
                 ops, N, step, S0_ref.at[bh, :, cols], sf_s, bar.at[0], final_ref.at[bh, :, cols]

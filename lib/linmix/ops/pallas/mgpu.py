@@ -45,6 +45,17 @@ def store(value: jax.Array, buf, dst) -> None:
     plgpu.wait_smem_to_gmem(0)
 
 
+def output_then_state(ops: Ops, o: jax.Array, o_s, o_dst, S: jax.Array, *products) -> jax.Array:
+    """A forward chunk's end: o goes out through o_s (the copy overlaps the state product) and
+    the next state S + sum of `products` (as `Ops.matmul`) is returned."""
+    o_s[...] = o
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(o_s, o_dst)
+    S = ops.matmul(S, *products)
+    plgpu.wait_smem_to_gmem(0)
+    return S
+
+
 def walk(ops: Ops, n: int, step, start_ref, buf, barrier, end_ref) -> None:
     """The chunk loop of a kernel: the carried [K, BV] fp32 tile is read from start_ref (global)
     through buf, carried through `step(i, carry)` for i < n, and written to end_ref."""
