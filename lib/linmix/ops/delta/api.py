@@ -16,20 +16,29 @@ from linmix.ops.delta import pallas_gpu, pallas_tpu, reference, xla
 from linmix.ops.delta.normalize import l2_normalize
 from linmix.ops.gla.api import default_implementation
 
-IMPLEMENTATIONS = ("xla", "reference", "pallas_tpu", "pallas_gpu", "mosaic_gpu")
+IMPLEMENTATIONS = ("xla", "reference", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton")
 _FORMS = {
     "xla": xla.delta_rule_chunked,
     "reference": reference.delta_rule_reference,
     "pallas_tpu": pallas_tpu.delta_rule_pallas_tpu,
     "pallas_gpu": pallas_gpu.delta_rule_pallas_gpu,
     "mosaic_gpu": lambda *a, **kw: _mosaic_gpu()(*a, **kw),
+    "triton": lambda *a, **kw: _triton()(*a, **kw),
 }
+
+_KERNELS = ("pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton")
 
 
 def _mosaic_gpu():
     from linmix.ops.delta.mosaic_gpu import delta_rule_mosaic_gpu  # Mosaic GPU loads on demand
 
     return delta_rule_mosaic_gpu
+
+
+def _triton():
+    from linmix.ops.delta.triton import delta_rule_triton  # Triton loads on demand
+
+    return delta_rule_triton
 
 
 def delta_rule(
@@ -69,7 +78,9 @@ def delta_rule(
         (chunked WY / UT form; custom backward that stores no per-token state), 'pallas_tpu' /
         'pallas_gpu' (the chunked form as fused Pallas kernels, forward and backward; interpret
         mode on CPU), 'mosaic_gpu' (WY transform in XLA, the state recurrence in the Mosaic GPU
-        kernels of engine L; bf16 / f16 v, no or scalar gates) or 'reference' (per-token scan).
+        kernels of engine L; bf16 / f16 v, no or scalar gates), 'triton' (the same on engine L's
+        Triton kernels through jax_triton; Triton's interpreter on CPU) or 'reference'
+        (per-token scan).
 
     Returns:
       (o, final_state): o [B, T, H, V] in q.dtype; final_state [B, H, K, V] fp32, or None when
@@ -84,7 +95,7 @@ def delta_rule(
     if use_qk_l2norm:
         q, k = l2_normalize(q), l2_normalize(k)
     extra = {} if impl == "reference" else {"chunk_size": chunk_size}
-    if impl in ("pallas_tpu", "pallas_gpu", "mosaic_gpu"):  # on a CPU backend: interpret mode
+    if impl in _KERNELS:  # on a CPU backend: interpret mode
         extra["interpret"] = jax.default_backend() == "cpu"
     o_BTHV, S_BHKV = _FORMS[impl](
         q,

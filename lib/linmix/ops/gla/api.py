@@ -14,7 +14,7 @@ from linmix.ops.checks import (
 from linmix.ops.gla import features, pallas_gpu, pallas_tpu, reference, scan, xla
 
 IMPLEMENTATIONS = (
-    "xla", "associative_scan", "reference", "pallas_tpu", "pallas_gpu", "mosaic_gpu",
+    "xla", "associative_scan", "reference", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton",
 )  # fmt: skip
 _CAUSAL_FORMS = {
     "xla": xla.gla_chunked,
@@ -23,11 +23,12 @@ _CAUSAL_FORMS = {
     "pallas_tpu": pallas_tpu.gla_pallas_tpu,
     "pallas_gpu": pallas_gpu.gla_pallas_gpu,
     "mosaic_gpu": lambda *a, **kw: _mosaic_gpu()(*a, **kw),
+    "triton": lambda *a, **kw: _triton()(*a, **kw),
 }
-_CHUNKED = ("xla", "pallas_tpu", "pallas_gpu", "mosaic_gpu")
-_KERNELS = ("pallas_tpu", "pallas_gpu", "mosaic_gpu")
+_CHUNKED = ("xla", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton")
+_KERNELS = ("pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton")
 # What implementation=None runs on each backend. The GPU kernels are opt-in (implementation=
-# "pallas_gpu" / "mosaic_gpu") until `pytest -m gpu` has passed on the hardware in use.
+# "pallas_gpu" / "mosaic_gpu" / "triton") until `pytest -m gpu` has passed on the hardware in use.
 DEFAULT_IMPLEMENTATION = {"tpu": "pallas_tpu"}
 
 
@@ -35,6 +36,12 @@ def _mosaic_gpu():
     from linmix.ops.gla.mosaic_gpu import gla_mosaic_gpu  # Mosaic GPU modules load on demand
 
     return gla_mosaic_gpu
+
+
+def _triton():
+    from linmix.ops.gla.triton import gla_triton  # Triton loads on demand
+
+    return gla_triton
 
 
 def default_implementation(backend: str | None = None) -> str:
@@ -81,7 +88,9 @@ def gla(
         custom backward that stores no per-token state), 'pallas_tpu' / 'pallas_gpu' (the
         chunked form as fused Pallas kernels, forward and backward; interpret mode on CPU),
         'mosaic_gpu' (Mosaic GPU kernels, forward and backward, wgmma products: bf16 / f16
-        q, k, v, no or scalar gates; Pallas' GPU interpreter on CPU),
+        q, k, v, no or scalar gates; Pallas' GPU interpreter on CPU), 'triton' (Triton
+        kernels through jax_triton, forward and backward: no or scalar gates; Triton's
+        interpreter on CPU),
         'associative_scan' (parallel prefix scan over per-token K x V states: small states
         only, refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan).
 

@@ -20,7 +20,6 @@ multiples of 64. On a CPU backend the kernel runs in Pallas' GPU interpreter (`p
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -28,7 +27,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from linmix.ops.gla import mosaic_gpu_bwd
 from linmix.ops.gla.mosaic_gpu_pass import gla_vector_mosaic_gpu
-from linmix.ops.pallas import mgpu, op
+from linmix.ops.pallas import layout, mgpu, op
 from linmix.ops.pallas.layout import Inputs
 
 _F32 = jnp.float32
@@ -38,57 +37,21 @@ DTYPES = (jnp.bfloat16, jnp.float16)
 MAX_K = 128  # the delta rule's backward holds ~210 KiB of shared memory at K = 128 (H100: 227)
 
 
-def _pad_to(x: jax.Array, axis: int, multiple: int) -> jax.Array:
-    extra = -x.shape[axis] % multiple
-    if not extra:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, extra)
-    return jnp.pad(x, widths)
-
-
-def _per_head(x: jax.Array | None, heads: int) -> jax.Array | None:
-    """[B, Tp, 1] per batch row -> [B * H, Tp]."""
-    return None if x is None else jnp.repeat(x[..., 0], heads, axis=0)
-
-
-def _vectors(x: Inputs, C: int):
-    """The per-token rows [BH, 4, Tp] (b, qs, ks, chunk-local segment id) and the chunk decays
-    a [BH, N], all fp32."""
-    BH, Tp, _ = x.q.shape
-    N = Tp // C
-    if x.g is None:
-        b = jnp.zeros((BH, N, C), _F32)
-    else:
-        b = jnp.cumsum(x.g[..., 0].reshape(BH, N, C), axis=-1)
-    last = b[..., -1:]
-    qs, ks, a = jnp.exp(b), jnp.exp(last - b), jnp.exp(last[..., 0])
-    seg = jnp.zeros_like(b)
-    if x.seg_col is not None:
-        reads = _per_head(x.reads, x.heads).reshape(BH, N, C)
-        inlast = _per_head(x.inlast, x.heads).reshape(BH, N, C)
-        ids = _per_head(x.seg_col, x.heads).reshape(BH, N, C)
-        seg = (ids - ids[..., :1]).astype(_F32)
-        qs, ks, a = qs * reads, ks * inlast, a * reads[..., -1]
-    rows = jnp.stack([b, qs, ks, seg], axis=1)  # [BH, 4, N, C]
-    return rows.reshape(BH, 4, Tp), a
-
-
 def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
     """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final)."""
     del math
     if C != CHUNK:
         raise ValueError(f"the Mosaic GPU kernel runs chunks of {CHUNK} tokens, got {C}")
     K0, V0 = x.q.shape[-1], x.v.shape[-1]
-    q, k, v = (_pad_to(a, 2, 64) for a in (x.q, x.k, x.v))
+    q, k, v = (layout.pad_to(a, 2, 64) for a in (x.q, x.k, x.v))
     BH, Tp, K = q.shape
     V, N = v.shape[-1], Tp // C
-    rows, a = _vectors(x, C)
-    S0 = _pad_to(_pad_to(S0.astype(_F32), 1, 64), 2, 64)
+    rows, a = layout.decay_rows(x, C)
+    S0 = layout.pad_to(layout.pad_to(S0.astype(_F32), 1, 64), 2, 64)
     ops, dtype = mgpu.Ops(interpret), q.dtype
     inputs = [q, k, v, rows, a, S0]
     if x.w is not None:  # the delta rule: values u = v - w S
-        inputs.append(_pad_to(x.w, 2, 64))
+        inputs.append(layout.pad_to(x.w, 2, 64))
     n_bar = 4 + (x.w is not None)
 
     def body(*refs):

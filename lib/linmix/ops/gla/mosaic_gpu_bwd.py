@@ -20,13 +20,12 @@ decay factor (as in `kernel_chunk`), so strong decays lose no accuracy:
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from linmix.ops.pallas import mgpu
+from linmix.ops.pallas import layout, mgpu
 from linmix.ops.pallas.layout import Inputs
 
 _F32 = jnp.float32
@@ -35,18 +34,18 @@ _F32 = jnp.float32
 def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math=None):
     """The `pallas.op.make_op` backward: (dq, dk, dv, dg or None, None, dS0) in kernel layout."""
     del math
-    from linmix.ops.gla.mosaic_gpu import BLOCK_V, _pad_to, _vectors, values_minus_ws
+    from linmix.ops.gla.mosaic_gpu import BLOCK_V, values_minus_ws
 
     K0, V0 = x.q.shape[-1], x.v.shape[-1]
-    q, k, v = (_pad_to(a, 2, 64) for a in (x.q, x.k, x.v))
+    q, k, v = (layout.pad_to(a, 2, 64) for a in (x.q, x.k, x.v))
     BH, Tp, K = q.shape
     V, N = v.shape[-1], Tp // C
     NV, dtype, ops = V // BLOCK_V, q.dtype, mgpu.Ops(interpret)
-    rows, a = _vectors(x, C)
-    do = _pad_to((scale * do).astype(dtype), 2, 64)
-    lam0 = _pad_to(_pad_to(dS_final.astype(_F32), 1, 64), 2, 64)
+    rows, a = layout.decay_rows(x, C)
+    do = layout.pad_to((scale * do).astype(dtype), 2, 64)
+    lam0 = layout.pad_to(layout.pad_to(dS_final.astype(_F32), 1, 64), 2, 64)
     has_w = x.w is not None  # the delta rule: values u = v - w S; dv is then du, plus dw
-    inputs = [q, k, v, do, rows, a, states, lam0] + ([_pad_to(x.w, 2, 64)] if has_w else [])
+    inputs = [q, k, v, do, rows, a, states, lam0] + ([layout.pad_to(x.w, 2, 64)] if has_w else [])
     n_bar = 6 + has_w
 
     def body(*refs):
@@ -165,15 +164,5 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
          ((NV, BH, N, K), _F32), ((BH, K, V), _F32), *([partial_K] if has_w else [])],
     )(*inputs)  # fmt: skip
     dq, dk, *dw = (d.sum(axis=0)[..., :K0] for d in (dq, dk, *dw))
-    dg = None if x.g is None else _gate_grad(sums.sum(axis=0), da.sum(axis=(0, 3)), a, C)
+    dg = None if x.g is None else layout.gate_grad(sums.sum(axis=0), da.sum(axis=(0, 3)), a, C)
     return dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0], *dw
-
-
-def _gate_grad(sums: jax.Array, da: jax.Array, a: jax.Array, C: int) -> jax.Array:
-    """dg [BH, Tp, 1] from fe, fs [BH, 2, Tp] and the chunk sums da [BH, N]."""
-    BH, _, Tp = sums.shape
-    fe, fs = (sums[:, i].reshape(BH, -1, C) for i in (0, 1))
-    from_end = jnp.flip(jnp.cumsum(jnp.flip(fe, -1), -1), -1)
-    from_start = jnp.cumsum(fs, -1) - fs
-    dg = from_end + from_start + (a * da)[..., None]
-    return dg.reshape(BH, Tp, 1)

@@ -32,7 +32,6 @@ _F32 = jnp.float32
 
 def gla_vector_mosaic_gpu(q, k, v, g, *, scale, initial_state, segment_ids, interpret, C, BV):
     """Causal GLA with g [B, T, H, K]: (o fp32 [B, T, H, V], final state fp32)."""
-    from linmix.ops.gla.mosaic_gpu import _pad_to
 
     B, T, H, K = q.shape
     V, dtype = v.shape[-1], q.dtype
@@ -43,11 +42,11 @@ def gla_vector_mosaic_gpu(q, k, v, g, *, scale, initial_state, segment_ids, inte
     def flat(x):  # [B, H, N, C, D] -> [BH, Tp, D]
         return x.reshape(B * H, N * C, x.shape[-1])
 
-    qd, kd = (_pad_to(flat(x), 2, 64) for x in (p.q_decay_BHNCK, p.k_decay_BHNCK))
-    a = _pad_to(p.a_BHNX.reshape(B * H, N, K), 2, 64)
-    v_f = _pad_to(layout.fold(v, C), 2, BV)
+    qd, kd = (layout.pad_to(flat(x), 2, 64) for x in (p.q_decay_BHNCK, p.k_decay_BHNCK))
+    a = layout.pad_to(p.a_BHNX.reshape(B * H, N, K), 2, 64)
+    v_f = layout.pad_to(layout.fold(v, C), 2, BV)
     S0 = jnp.zeros((B, H, K, V), _F32) if initial_state is None else initial_state
-    S0 = _pad_to(_pad_to(S0.astype(_F32).reshape(B * H, K, V), 1, 64), 2, BV)
+    S0 = layout.pad_to(layout.pad_to(S0.astype(_F32).reshape(B * H, K, V), 1, 64), 2, BV)
     o, S = _state_pass(qd, kd, flat(p.P_BHNRS), v_f, a, S0, scale, dtype, interpret, C, BV)
     return layout.unfold(o[..., :V], B, T), S[:, :K, :V].reshape(B, H, K, V)
 

@@ -104,3 +104,53 @@ def prepare(q, k, v, g_BTHX, segment_ids, C: int, beta_BTH=None, w_BTHK=None) ->
         )
     w = None if w_BTHK is None else fold(w_BTHK, C)
     return Inputs(fold(q, C), fold(k, C), fold(v, C), g, g_row, beta, *seg, heads=H, w=w)
+
+
+# Per-token decay rows for the kernels that take b, qs, ks outside (Mosaic GPU, Triton).
+
+
+def pad_to(x: jax.Array, axis: int, multiple: int) -> jax.Array:
+    extra = -x.shape[axis] % multiple
+    if not extra:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+
+
+def _per_head(x: jax.Array | None, heads: int) -> jax.Array | None:
+    """[B, Tp, 1] per batch row -> [B * H, Tp]."""
+    return None if x is None else jnp.repeat(x[..., 0], heads, axis=0)
+
+
+def decay_rows(x: Inputs, C: int):
+    """The per-token rows [BH, 4, Tp] (b, qs, ks, chunk-local segment id) and the chunk decays
+    a [BH, N], all fp32."""
+    BH, Tp, _ = x.q.shape
+    N = Tp // C
+    if x.g is None:
+        b = jnp.zeros((BH, N, C), _F32)
+    else:
+        b = jnp.cumsum(x.g[..., 0].reshape(BH, N, C), axis=-1)
+    last = b[..., -1:]
+    qs, ks, a = jnp.exp(b), jnp.exp(last - b), jnp.exp(last[..., 0])
+    seg = jnp.zeros_like(b)
+    if x.seg_col is not None:
+        reads = _per_head(x.reads, x.heads).reshape(BH, N, C)
+        inlast = _per_head(x.inlast, x.heads).reshape(BH, N, C)
+        ids = _per_head(x.seg_col, x.heads).reshape(BH, N, C)
+        seg = (ids - ids[..., :1]).astype(_F32)
+        qs, ks, a = qs * reads, ks * inlast, a * reads[..., -1]
+    rows = jnp.stack([b, qs, ks, seg], axis=1)  # [BH, 4, N, C]
+    return rows.reshape(BH, 4, Tp), a
+
+
+def gate_grad(sums: jax.Array, da: jax.Array, a: jax.Array, C: int) -> jax.Array:
+    """dg [BH, Tp, 1] from fe, fs [BH, 2, Tp] and the chunk sums da [BH, N]."""
+    BH, _, Tp = sums.shape
+    fe, fs = (sums[:, i].reshape(BH, -1, C) for i in (0, 1))
+    from_end = jnp.flip(jnp.cumsum(jnp.flip(fe, -1), -1), -1)
+    # exclusive sum by shifting, not cumsum - fs: the late, undecayed terms would swamp the rest
+    from_start = jnp.cumsum(jnp.pad(fs[..., :-1], ((0, 0), (0, 0), (1, 0))), -1)
+    dg = from_end + from_start + (a * da)[..., None]
+    return dg.reshape(BH, Tp, 1)

@@ -1,0 +1,146 @@
+"""Chunked gated linear attention as Triton kernels (`gla.triton_kernels`) called through
+`jax_triton`, forward and backward, joined by `pallas.op.make_op`; Triton's interpreter on a CPU
+backend. No or scalar gates; bf16, f16 or fp32 inputs (fp32 multiplies in IEEE fp32).
+
+Chunks hold 16 to MAX_CHUNK tokens; key dims are zero-padded to a power of two >= 16 (one tile),
+value dims to a power of two >= 16 split in blocks of at most MAX_BLOCK_V columns (one program
+each). The per-token decay rows and chunk decays are computed in XLA (`layout.decay_rows`), the
+gate gradient is assembled from the kernel's per-token sums (`layout.gate_grad`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from linmix.ops.pallas import layout, op
+from linmix.ops.pallas.layout import Inputs
+
+_F32 = jnp.float32
+DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
+MIN_DIM = 16
+MAX_CHUNK = 64
+MAX_BLOCK_V = 64
+MAX_K = 256  # the [K, BLOCK_V] fp32 state lives in registers
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """Triton launch parameters (ignored by the interpreter)."""
+
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+DEFAULT_LAUNCH = LaunchConfig()
+
+
+def _dim(n: int) -> int:
+    return max(MIN_DIM, 1 << max(n - 1, 0).bit_length())
+
+
+def _kernels():
+    from linmix.ops.gla import triton_kernels  # imports triton
+
+    return triton_kernels
+
+
+def _meta(x: Inputs, C: int, K: int, V: int) -> dict:
+    BH, Tp, _ = x.q.shape
+    precision = "ieee" if x.q.dtype == _F32 else "tf32"
+    return dict(
+        T=Tp, N=Tp // C, K=K, V=V, C=C, BV=min(V, MAX_BLOCK_V), HAS_W=x.w is not None,
+        PRECISION=precision, num_warps=DEFAULT_LAUNCH.num_warps,
+        num_stages=DEFAULT_LAUNCH.num_stages,
+    )  # fmt: skip
+
+
+def _padded(x: Inputs):
+    K, V = _dim(x.q.shape[-1]), _dim(x.v.shape[-1])
+    q, k = (layout.pad_to(a, 2, K) for a in (x.q, x.k))
+    w = jnp.zeros((1,), x.q.dtype) if x.w is None else layout.pad_to(x.w, 2, K)
+    return q, k, layout.pad_to(x.v, 2, V), w, K, V
+
+
+def _pad_state(S: jax.Array, K: int, V: int) -> jax.Array:
+    return layout.pad_to(layout.pad_to(S.astype(_F32), 1, K), 2, V)
+
+
+def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
+    """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final)."""
+    del math
+    K0, V0 = x.q.shape[-1], x.v.shape[-1]
+    q, k, v, w, K, V = _padded(x)
+    BH, Tp, _ = q.shape
+    N = Tp // C
+    rows, a = layout.decay_rows(x, C)
+    meta = _meta(x, C, K, V)
+    shapes = [
+        jax.ShapeDtypeStruct((BH, Tp, V), _F32),
+        jax.ShapeDtypeStruct((BH, N, K, V), _F32),
+        jax.ShapeDtypeStruct((BH, K, V), _F32),
+    ]
+    inputs = [q, k, v, rows, a, _pad_state(S0, K, V), w]
+    grid = (BH, V // meta["BV"])
+    o, states, final = _launch(_kernels().gla_fwd_kernel, grid, inputs, shapes, interpret,
+                               SCALE=float(scale), **meta)  # fmt: skip
+    return o[..., :V0], states, final[:, :K0, :V0]
+
+
+def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math=None):
+    """The `pallas.op.make_op` backward: (dq, dk, dv, dg or None, None, dS0[, dw])."""
+    del math
+    K0, V0 = x.q.shape[-1], x.v.shape[-1]
+    q, k, v, w, K, V = _padded(x)
+    BH, Tp, _ = q.shape
+    N = Tp // C
+    rows, a = layout.decay_rows(x, C)
+    meta = _meta(x, C, K, V)
+    NV = V // meta["BV"]
+    do = layout.pad_to((scale * do).astype(q.dtype), 2, V)
+    partial_K = jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32)  # one per value block, summed below
+    shapes = [
+        partial_K, partial_K, jax.ShapeDtypeStruct((BH, Tp, V), _F32),
+        jax.ShapeDtypeStruct((NV, BH, 2, Tp), _F32), jax.ShapeDtypeStruct((NV, BH, N), _F32),
+        jax.ShapeDtypeStruct((BH, K, V), _F32),
+        partial_K if x.w is not None else jax.ShapeDtypeStruct((1,), _F32),
+    ]  # fmt: skip
+    inputs = [q, k, v, do, rows, a, states, _pad_state(dS_final, K, V), w]
+    dq, dk, dv, sums, da, dS0, dw = _launch(
+        _kernels().gla_bwd_kernel, (BH, NV), inputs, shapes, interpret, BH=BH, **meta
+    )
+    dq, dk = (d.sum(axis=0)[..., :K0] for d in (dq, dk))
+    dg = None if x.g is None else layout.gate_grad(sums.sum(axis=0), da.sum(axis=0), a, C)
+    grads = (dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0])
+    return grads if x.w is None else (*grads, dw.sum(axis=0)[..., :K0])
+
+
+def _launch(kernel, grid, inputs, shapes, interpret, **meta):
+    from linmix.ops.pallas import triton_launch
+
+    return triton_launch.launch(kernel, grid, inputs, shapes, interpret, **meta)
+
+
+_op = op.make_op(forward, backward, None, min_chunk=MIN_DIM)
+
+
+def gla_triton(q, k, v, g, *, chunk_size: int, **kwargs):
+    """The `linmix.ops.pallas.op.make_op` contract; chunks of 16 to MAX_CHUNK tokens."""
+    if g is not None and g.ndim == 4:
+        raise ValueError(
+            "implementation='triton' covers no and scalar gates; per-channel gates run on "
+            "'mosaic_gpu', 'pallas_gpu' or 'xla'"
+        )
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(
+            "implementation='triton' takes q, k, v of one dtype, bf16, f16 or fp32, got "
+            f"{q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if q.shape[-1] > MAX_K:
+        raise ValueError(
+            f"implementation='triton' takes key dims up to {MAX_K} (the state tile lives in "
+            f"registers), got K = {q.shape[-1]}; use 'xla'"
+        )
+    return _op(q, k, v, g, chunk_size=min(chunk_size, MAX_CHUNK), **kwargs)

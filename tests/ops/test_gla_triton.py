@@ -1,0 +1,111 @@
+"""The Triton kernels of gated linear attention (`implementation='triton'`, forward and backward)
+vs the per-token oracle, outputs and all gradients: in Triton's interpreter on CPU (the same
+kernel source, run through `jax.pure_callback`), natively with `pytest -m gpu`; and the kernels
+compiled by Triton for sm_90 (PTX and cubin) from this CPU host.
+
+fp32 inputs multiply in IEEE fp32 and meet the fp32 bound. 16-bit inputs round the pair weights,
+the carried state, its adjoint and the output cotangent to the input dtype before their products
+(fp32 accumulation), as the 16-bit kernels of the PyTorch ecosystem do: compared at TRITON_16_TOL
+against the oracle on the same rounded inputs.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import pytest
+import triton
+from test_gla import B, FP32_TOL, H, K, V, compare, make_inputs, segments_from_starts
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from linmix.ops.gla import gla, triton_kernels
+
+TRITON_16_TOL = 1e-2
+
+
+def _cast(inputs: dict, dtype) -> dict:
+    return {n: (x.astype(dtype) if n in "qkv" else x) for n, x in inputs.items()}
+
+
+@pytest.mark.parametrize("gate", [None, "scalar"])
+@pytest.mark.parametrize(("T", "chunk_size"), [(1, 64), (63, 16), (64, 32), (65, 16), (200, 64)])
+def test_matches_reference_fp32(T: int, chunk_size: int, gate: str | None) -> None:
+    """Segment starts on and off chunk edges, an initial and a final state, K != V (both padded
+    to 16), chunks of 16 to 64 tokens."""
+    starts = [[1, 16, 40, 64, 100, 128], [33]] if T > 1 else [[], []]
+    segment_ids = segments_from_starts(T, starts)
+    inputs = make_inputs(T, gate, seed=T)
+    compare(inputs, segment_ids=segment_ids, chunk_size=chunk_size, implementation="triton")
+
+
+@pytest.mark.parametrize("strength", [0.01, 20.0])
+def test_gate_strengths_and_bidirectional(strength: float) -> None:
+    T = 70
+    segment_ids = segments_from_starts(T, [[3, 16], [64]])
+    inputs = make_inputs(T, "scalar", strength=strength, seed=3)
+    compare(inputs, segment_ids=segment_ids, chunk_size=32, implementation="triton")
+    compare(inputs, causal=False, chunk_size=32, tol=FP32_TOL, implementation="triton")
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_16_bit_inputs(dtype) -> None:
+    T = 100
+    segment_ids = segments_from_starts(T, [[10, 64], []])
+    inputs = _cast(make_inputs(T, "scalar", seed=4), dtype)
+    compare(
+        inputs, segment_ids=segment_ids, chunk_size=64, tol=TRITON_16_TOL, implementation="triton"
+    )
+
+
+def test_refuses_what_it_does_not_cover() -> None:
+    inputs = make_inputs(8, "vector")
+    q, k, v, g = (inputs[n] for n in "qkvg")
+    with pytest.raises(ValueError, match="no and scalar gates"):
+        gla(q, k, v, g, implementation="triton")
+    with pytest.raises(ValueError, match="one dtype"):
+        gla(q, k, v.astype(jnp.bfloat16), implementation="triton")
+    wide = jnp.zeros((1, 8, 1, 512), jnp.float32)
+    with pytest.raises(ValueError, match="key dims up to 256"):
+        gla(wide, wide, wide, implementation="triton")
+    o, _ = gla(q, k, v, implementation="triton")
+    assert o.shape == (B, 8, H, V) and K != V
+
+
+def _compile(kernel, dtype: str, pointers: int, wide: tuple[str, ...], **constexprs):
+    """Triton's compiler on the kernel for an H100 (sm_90): TTIR, TTGIR, LLVM IR, PTX, cubin."""
+    names = kernel.arg_names
+    signature = {n: f"*{dtype}" if n in wide else "*fp32" for n in names[:pointers]}
+    signature.update({n: "constexpr" for n in constexprs})
+    values = {(names.index(n),): v for n, v in constexprs.items()}
+    source = ASTSource(kernel, signature, constexprs=values)
+    options = dict(num_warps=4, num_stages=2)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "dims", "has_w"), [("bf16", (128, 128), False), ("fp32", (64, 32), True)]
+)
+def test_compiles_for_hopper(dtype: str, dims: tuple[int, int], has_w: bool) -> None:
+    """The forward and backward kernels compile for sm_90 at the benchmark's K = V = 128 (bf16)
+    and with the delta rule's w input (fp32, IEEE products), within the 228 KiB of shared
+    memory per block."""
+    Kd, Vd = dims
+    precision = "ieee" if dtype == "fp32" else "tf32"
+    shape = dict(T=256, N=4, K=Kd, V=Vd, C=64, BV=min(Vd, 64), HAS_W=has_w, PRECISION=precision)
+    fwd = _compile(triton_kernels.gla_fwd_kernel, dtype, 10, ("q_ptr", "k_ptr", "v_ptr", "w_ptr"),
+                   SCALE=0.125, **shape)  # fmt: skip
+    wide = ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "w_ptr")
+    bwd = _compile(triton_kernels.gla_bwd_kernel, dtype, 16, wide, BH=4, **shape)
+    for kernel in (fwd, bwd):
+        assert kernel.asm["cubin"] and ".target sm_90" in kernel.asm["ptx"]
+        assert kernel.metadata.shared <= 228 * 1024
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gpu_native_matches_reference(dtype) -> None:
+    T = 200
+    segment_ids = segments_from_starts(T, [[1, 16, 50, 128], [100]])
+    inputs = _cast(make_inputs(T, "scalar", seed=1), dtype)
+    tol = FP32_TOL if dtype == jnp.float32 else TRITON_16_TOL
+    compare(inputs, segment_ids=segment_ids, chunk_size=64, tol=tol, implementation="triton")
