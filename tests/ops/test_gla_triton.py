@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 import triton
-from test_gla import B, FP32_TOL, H, K, V, compare, make_inputs, segments_from_starts
+from test_gla import FP32_TOL, B, H, K, V, compare, make_inputs, segments_from_starts
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
