@@ -1,6 +1,7 @@
 """GPU benchmark of the chunked engines: Pallas GPU kernels (Triton lowering: 'pallas_gpu'; the
-Mosaic GPU kernels: 'mosaic_gpu') vs the XLA chunked form vs the
-PyTorch ecosystem's chunk kernels (flash-linear-attention, when `fla` imports), same shapes.
+Mosaic GPU kernels: 'mosaic_gpu'), Triton kernels through jax_triton ('triton') vs the XLA
+chunked form vs the PyTorch ecosystem's chunk kernels (flash-linear-attention, when `fla`
+imports), same shapes.
 
     python experiments/bench/gpu.py            # on a GPU machine: tests + table
     python experiments/bench/gpu.py --smoke    # tiny shapes, any backend (CPU: interpret mode)
@@ -48,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--H", type=int, default=16)
     p.add_argument("--K", type=int, default=128)
     p.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
-    p.add_argument("--impls", nargs="+", default=["xla", "pallas_gpu", "mosaic_gpu", "fla"])
+    p.add_argument("--impls", nargs="+", default=["xla", "pallas_gpu", "mosaic_gpu", "triton", "fla"])
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
