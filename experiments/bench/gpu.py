@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--H", type=int, default=16)
     p.add_argument("--K", type=int, default=128)
     p.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
-    p.add_argument("--impls", nargs="+", default=["xla", "pallas_gpu", "mosaic_gpu", "triton", "fla"])
+    impls = ["xla", "pallas_gpu", "mosaic_gpu", "triton", "fla"]
+    p.add_argument("--impls", nargs="+", default=impls)
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
