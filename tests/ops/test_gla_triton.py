@@ -27,7 +27,7 @@ def _cast(inputs: dict, dtype) -> dict:
     return {n: (x.astype(dtype) if n in "qkv" else x) for n, x in inputs.items()}
 
 
-@pytest.mark.parametrize("gate", [None, "scalar"])
+@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
 @pytest.mark.parametrize(("T", "chunk_size"), [(1, 64), (63, 16), (64, 32), (65, 16), (200, 64)])
 def test_matches_reference_fp32(T: int, chunk_size: int, gate: str | None) -> None:
     """Segment starts on and off chunk edges, an initial and a final state, K != V (both padded
@@ -38,30 +38,30 @@ def test_matches_reference_fp32(T: int, chunk_size: int, gate: str | None) -> No
     compare(inputs, segment_ids=segment_ids, chunk_size=chunk_size, implementation="triton")
 
 
-@pytest.mark.parametrize("strength", [0.01, 20.0])
-def test_gate_strengths_and_bidirectional(strength: float) -> None:
+@pytest.mark.parametrize(
+    ("strength", "gate"), [(0.01, "scalar"), (20.0, "scalar"), (20.0, "vector")]
+)
+def test_gate_strengths_and_bidirectional(strength: float, gate: str) -> None:
     T = 70
     segment_ids = segments_from_starts(T, [[3, 16], [64]])
-    inputs = make_inputs(T, "scalar", strength=strength, seed=3)
+    inputs = make_inputs(T, gate, strength=strength, seed=3)
     compare(inputs, segment_ids=segment_ids, chunk_size=32, implementation="triton")
     compare(inputs, causal=False, chunk_size=32, tol=FP32_TOL, implementation="triton")
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_16_bit_inputs(dtype) -> None:
+@pytest.mark.parametrize(("dtype", "gate"), [(jnp.bfloat16, "scalar"), (jnp.float16, "vector")])
+def test_16_bit_inputs(dtype, gate: str) -> None:
     T = 100
     segment_ids = segments_from_starts(T, [[10, 64], []])
-    inputs = _cast(make_inputs(T, "scalar", seed=4), dtype)
+    inputs = _cast(make_inputs(T, gate, seed=4), dtype)
     compare(
         inputs, segment_ids=segment_ids, chunk_size=64, tol=TRITON_16_TOL, implementation="triton"
     )
 
 
-def test_refuses_what_it_does_not_cover() -> None:
+def test_refuses_mixed_dtypes_and_wide_keys() -> None:
     inputs = make_inputs(8, "vector")
-    q, k, v, g = (inputs[n] for n in "qkvg")
-    with pytest.raises(ValueError, match="no and scalar gates"):
-        gla(q, k, v, g, implementation="triton")
+    q, k, v = (inputs[n] for n in "qkv")
     with pytest.raises(ValueError, match="one dtype"):
         gla(q, k, v.astype(jnp.bfloat16), implementation="triton")
     wide = jnp.zeros((1, 8, 1, 512), jnp.float32)
@@ -86,9 +86,9 @@ def _compile(kernel, dtype: str, pointers: int, wide: tuple[str, ...], **constex
     ("dtype", "dims", "has_w"), [("bf16", (128, 128), False), ("fp32", (64, 32), True)]
 )
 def test_compiles_for_hopper(dtype: str, dims: tuple[int, int], has_w: bool) -> None:
-    """The forward and backward kernels compile for sm_90 at the benchmark's K = V = 128 (bf16)
-    and with the delta rule's w input (fp32, IEEE products), within the 228 KiB of shared
-    memory per block."""
+    """The forward and backward kernels (and the per-channel gates' state pass) compile for sm_90
+    at the benchmark's K = V = 128 (bf16) and with the delta rule's w input (fp32, IEEE
+    products), within the 228 KiB of shared memory per block."""
     Kd, Vd = dims
     precision = "ieee" if dtype == "fp32" else "tf32"
     shape = dict(T=256, N=4, K=Kd, V=Vd, C=64, BV=min(Vd, 64), HAS_W=has_w, PRECISION=precision)
@@ -96,7 +96,11 @@ def test_compiles_for_hopper(dtype: str, dims: tuple[int, int], has_w: bool) -> 
                    SCALE=0.125, **shape)  # fmt: skip
     wide = ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "w_ptr")
     bwd = _compile(triton_kernels.gla_bwd_kernel, dtype, 16, wide, BH=4, **shape)
-    for kernel in (fwd, bwd):
+    del shape["HAS_W"]
+    wide = ("qd_ptr", "kd_ptr", "p_ptr", "v_ptr", "do_ptr")
+    pass_fwd = _compile(triton_kernels.state_pass_fwd_kernel, dtype, 9, wide, SCALE=0.1, **shape)
+    pass_bwd = _compile(triton_kernels.state_pass_bwd_kernel, dtype, 14, wide, BH=4, **shape)
+    for kernel in (fwd, bwd, pass_fwd, pass_bwd):
         assert kernel.asm["cubin"] and ".target sm_90" in kernel.asm["ptx"]
         assert kernel.metadata.shared <= 228 * 1024
 

@@ -30,9 +30,16 @@ from linmix.ops.pallas import layout, mgpu
 _F32 = jnp.float32
 
 
-def gla_vector_mosaic_gpu(q, k, v, g, *, scale, initial_state, segment_ids, interpret, C, BV):
+def gla_vector_mosaic_gpu(q, k, v, g, *, C, BV, **kwargs):
     """Causal GLA with g [B, T, H, K]: (o fp32 [B, T, H, V], final state fp32)."""
+    return on_state_pass(_state_pass, q, k, v, g, C=C, BV=BV, k_multiple=64, **kwargs)
 
+
+def on_state_pass(state_pass, q, k, v, g, *, scale, initial_state, segment_ids, interpret, C, BV,
+                  k_multiple):  # fmt: skip
+    """The intra-chunk parts in XLA, then `state_pass(qd, kd, P, v, a, S0, scale, dtype,
+    interpret, C, BV)` on the kernel layout: key dims padded to a multiple of `k_multiple`,
+    value dims to a multiple of BV."""
     B, T, H, K = q.shape
     V, dtype = v.shape[-1], q.dtype
     f32 = (x.astype(_F32) for x in (q, k, v, g))
@@ -42,12 +49,13 @@ def gla_vector_mosaic_gpu(q, k, v, g, *, scale, initial_state, segment_ids, inte
     def flat(x):  # [B, H, N, C, D] -> [BH, Tp, D]
         return x.reshape(B * H, N * C, x.shape[-1])
 
-    qd, kd = (layout.pad_to(flat(x), 2, 64) for x in (p.q_decay_BHNCK, p.k_decay_BHNCK))
-    a = layout.pad_to(p.a_BHNX.reshape(B * H, N, K), 2, 64)
+    qd, kd = (layout.pad_to(flat(x), 2, k_multiple) for x in (p.q_decay_BHNCK, p.k_decay_BHNCK))
+    a = layout.pad_to(p.a_BHNX.reshape(B * H, N, K), 2, k_multiple)
     v_f = layout.pad_to(layout.fold(v, C), 2, BV)
     S0 = jnp.zeros((B, H, K, V), _F32) if initial_state is None else initial_state
-    S0 = layout.pad_to(layout.pad_to(S0.astype(_F32).reshape(B * H, K, V), 1, 64), 2, BV)
-    o, S = _state_pass(qd, kd, flat(p.P_BHNRS), v_f, a, S0, scale, dtype, interpret, C, BV)
+    S0 = layout.pad_to(S0.astype(_F32).reshape(B * H, K, V), 1, k_multiple)
+    S0 = layout.pad_to(S0, 2, BV)
+    o, S = state_pass(qd, kd, flat(p.P_BHNRS), v_f, a, S0, scale, dtype, interpret, C, BV)
     return layout.unfold(o[..., :V], B, T), S[:, :K, :V].reshape(B, H, K, V)
 
 

@@ -15,6 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from linmix.ops.gla import chunks
 from linmix.ops.pallas import layout, op
 from linmix.ops.pallas.layout import Inputs
 
@@ -37,28 +38,33 @@ class LaunchConfig:
 DEFAULT_LAUNCH = LaunchConfig()
 
 
-def _dim(n: int) -> int:
+def dim(n: int) -> int:
+    """A feature dim padded to a power of two >= MIN_DIM (one tile)."""
     return max(MIN_DIM, 1 << max(n - 1, 0).bit_length())
 
 
-def _kernels():
+def kernels():
     from linmix.ops.gla import triton_kernels  # imports triton
 
     return triton_kernels
 
 
+def precision(dtype) -> str:
+    """fp32 inputs multiply in IEEE fp32 (16-bit ones in their dtype either way)."""
+    return "ieee" if dtype == _F32 else "tf32"
+
+
 def _meta(x: Inputs, C: int, K: int, V: int) -> dict:
     BH, Tp, _ = x.q.shape
-    precision = "ieee" if x.q.dtype == _F32 else "tf32"
     return dict(
         T=Tp, N=Tp // C, K=K, V=V, C=C, BV=min(V, MAX_BLOCK_V), HAS_W=x.w is not None,
-        PRECISION=precision, num_warps=DEFAULT_LAUNCH.num_warps,
+        PRECISION=precision(x.q.dtype), num_warps=DEFAULT_LAUNCH.num_warps,
         num_stages=DEFAULT_LAUNCH.num_stages,
     )  # fmt: skip
 
 
 def _padded(x: Inputs):
-    K, V = _dim(x.q.shape[-1]), _dim(x.v.shape[-1])
+    K, V = dim(x.q.shape[-1]), dim(x.v.shape[-1])
     q, k = (layout.pad_to(a, 2, K) for a in (x.q, x.k))
     w = jnp.zeros((1,), x.q.dtype) if x.w is None else layout.pad_to(x.w, 2, K)
     return q, k, layout.pad_to(x.v, 2, V), w, K, V
@@ -84,7 +90,7 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
     ]
     inputs = [q, k, v, rows, a, _pad_state(S0, K, V), w]
     grid = (BH, V // meta["BV"])
-    o, states, final = _launch(_kernels().gla_fwd_kernel, grid, inputs, shapes, interpret,
+    o, states, final = launch(kernels().gla_fwd_kernel, grid, inputs, shapes, interpret,
                                SCALE=float(scale), **meta)  # fmt: skip
     return o[..., :V0], states, final[:, :K0, :V0]
 
@@ -108,8 +114,8 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
         partial_K if x.w is not None else jax.ShapeDtypeStruct((1,), _F32),
     ]  # fmt: skip
     inputs = [q, k, v, do, rows, a, states, _pad_state(dS_final, K, V), w]
-    dq, dk, dv, sums, da, dS0, dw = _launch(
-        _kernels().gla_bwd_kernel, (BH, NV), inputs, shapes, interpret, BH=BH, **meta
+    dq, dk, dv, sums, da, dS0, dw = launch(
+        kernels().gla_bwd_kernel, (BH, NV), inputs, shapes, interpret, BH=BH, **meta
     )
     dq, dk = (d.sum(axis=0)[..., :K0] for d in (dq, dk))
     dg = None if x.g is None else layout.gate_grad(sums.sum(axis=0), da.sum(axis=0), a, C)
@@ -117,7 +123,7 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
     return grads if x.w is None else (*grads, dw.sum(axis=0)[..., :K0])
 
 
-def _launch(kernel, grid, inputs, shapes, interpret, **meta):
+def launch(kernel, grid, inputs, shapes, interpret, **meta):
     from linmix.ops.pallas import triton_launch
 
     return triton_launch.launch(kernel, grid, inputs, shapes, interpret, **meta)
@@ -128,11 +134,6 @@ _op = op.make_op(forward, backward, None, min_chunk=MIN_DIM)
 
 def gla_triton(q, k, v, g, *, chunk_size: int, **kwargs):
     """The `linmix.ops.pallas.op.make_op` contract; chunks of 16 to MAX_CHUNK tokens."""
-    if g is not None and g.ndim == 4:
-        raise ValueError(
-            "implementation='triton' covers no and scalar gates; per-channel gates run on "
-            "'mosaic_gpu', 'pallas_gpu' or 'xla'"
-        )
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(
             "implementation='triton' takes q, k, v of one dtype, bf16, f16 or fp32, got "
@@ -143,4 +144,11 @@ def gla_triton(q, k, v, g, *, chunk_size: int, **kwargs):
             f"implementation='triton' takes key dims up to {MAX_K} (the state tile lives in "
             f"registers), got K = {q.shape[-1]}; use 'xla'"
         )
+    if g is not None and g.ndim == 4:  # per-channel gates: pair weights from XLA
+        if kwargs.pop("w", None) is not None:
+            raise ValueError("implementation='triton' runs the delta rule with scalar gates only")
+        C = max(MIN_DIM, chunks.chunk_length(q.shape[1], min(chunk_size, MAX_CHUNK)))
+        from linmix.ops.gla.triton_pass import gla_vector_triton
+
+        return gla_vector_triton(q, k, v, g, C=C, **kwargs)
     return _op(q, k, v, g, chunk_size=min(chunk_size, MAX_CHUNK), **kwargs)

@@ -136,3 +136,76 @@ def gla_bwd_kernel(
             lam_prev = tl.dot(tl.trans(w), ndu, acc=lam_prev, input_precision=PRECISION)
         lam = lam_prev
     tl.store(ds0_ptr + bh * K * V + state_at, lam)
+
+
+@triton.jit
+def state_pass_fwd_kernel(
+    qd_ptr, kd_ptr, p_ptr, v_ptr, a_ptr, s0_ptr,
+    o_ptr, states_ptr, final_ptr,
+    T: tl.constexpr, N: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+    BV: tl.constexpr, SCALE: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Per-channel gates: the pair weights P [C, C], decayed queries and keys and the chunk decays
+    a [K] come from XLA; o = scale * (P v + qd S), S_next = diag(a) S + kd^T v."""
+    bh = tl.program_id(0).to(tl.int64)
+    vb = tl.program_id(1)
+    t = tl.arange(0, C)
+    kk = tl.arange(0, K)
+    vv = vb * BV + tl.arange(0, BV)
+    state_at = kk[:, None] * V + vv[None, :]
+    S = tl.load(s0_ptr + bh * K * V + state_at)
+    for n in range(N):
+        tok = bh * T + n * C + t
+        qd = tl.load(qd_ptr + tok[:, None] * K + kk[None, :])
+        kd = tl.load(kd_ptr + tok[:, None] * K + kk[None, :])
+        P = tl.load(p_ptr + tok[:, None] * C + t[None, :])
+        v = tl.load(v_ptr + tok[:, None] * V + vv[None, :])
+        a = tl.load(a_ptr + (bh * N + n) * K + kk)
+        tl.store(states_ptr + (bh * N + n) * K * V + state_at, S)
+        o = tl.dot(P, v, input_precision=PRECISION)
+        o = tl.dot(qd, S.to(qd.dtype), acc=o, input_precision=PRECISION)
+        tl.store(o_ptr + tok[:, None] * V + vv[None, :], SCALE * o)
+        S = tl.dot(tl.trans(kd), v, acc=a[:, None] * S, input_precision=PRECISION)
+    tl.store(final_ptr + bh * K * V + state_at, S)
+
+
+@triton.jit
+def state_pass_bwd_kernel(
+    qd_ptr, kd_ptr, p_ptr, v_ptr, do_ptr, a_ptr, states_ptr, lam_ptr,
+    dqd_ptr, dkd_ptr, dp_ptr, dv_ptr, da_ptr, ds0_ptr,
+    BH: tl.constexpr, T: tl.constexpr, N: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Backward of the state pass, chunks in reverse with lam = dL/dS_next: dqd = do S^T,
+    dkd = v lam^T, dP = do v^T, da = rowsum(lam * S) (partial per value block, [NV, BH, ...]);
+    dv = P^T do + kd lam; lam_prev = diag(a) lam + qd^T do. do arrives scaled."""
+    bh = tl.program_id(0).to(tl.int64)
+    vb = tl.program_id(1)
+    part = vb * BH + bh
+    t = tl.arange(0, C)
+    kk = tl.arange(0, K)
+    vv = vb * BV + tl.arange(0, BV)
+    state_at = kk[:, None] * V + vv[None, :]
+    lam = tl.load(lam_ptr + bh * K * V + state_at)
+    for i in range(N):
+        n = N - 1 - i
+        local = n * C + t
+        tok = bh * T + local
+        at_K = tok[:, None] * K + kk[None, :]
+        at_V = tok[:, None] * V + vv[None, :]
+        qd, kd = tl.load(qd_ptr + at_K), tl.load(kd_ptr + at_K)
+        P = tl.load(p_ptr + tok[:, None] * C + t[None, :])
+        v, do = tl.load(v_ptr + at_V), tl.load(do_ptr + at_V)
+        S = tl.load(states_ptr + (bh * N + n) * K * V + state_at)
+        Sd, lamd = S.to(qd.dtype), lam.to(qd.dtype)
+        part_K = (part * T + local)[:, None] * K + kk[None, :]
+        tl.store(dqd_ptr + part_K, tl.dot(do, tl.trans(Sd), input_precision=PRECISION))
+        tl.store(dkd_ptr + part_K, tl.dot(v, tl.trans(lamd), input_precision=PRECISION))
+        dP = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        tl.store(dp_ptr + (part * T + local)[:, None] * C + t[None, :], dP)
+        dv = tl.dot(tl.trans(P), do, input_precision=PRECISION)
+        tl.store(dv_ptr + at_V, tl.dot(kd, lamd, acc=dv, input_precision=PRECISION))
+        tl.store(da_ptr + (part * N + n) * K + kk, tl.sum(lam * S, axis=1))
+        a = tl.load(a_ptr + (bh * N + n) * K + kk)
+        lam = tl.dot(tl.trans(qd), do, acc=a[:, None] * lam, input_precision=PRECISION)
+    tl.store(ds0_ptr + bh * K * V + state_at, lam)

@@ -1,0 +1,81 @@
+"""Gated linear attention with per-channel gates on Triton: the intra-chunk parts (pair weights,
+decayed queries and keys, chunk decays) in XLA as for Mosaic GPU (`mosaic_gpu_pass.on_state_pass`),
+the state pass in the Triton kernels `triton_kernels.state_pass_{fwd,bwd}_kernel`, joined by a
+`jax.custom_vjp`:
+
+    o = scale * (qd S + P v),    S' = diag(a) S + kd^T v
+
+with the backward's dqd, dkd, dP and da summed over value blocks outside the kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from linmix.ops.gla import mosaic_gpu_pass
+from linmix.ops.gla import triton as gla_triton
+
+_F32 = jnp.float32
+
+
+def gla_vector_triton(q, k, v, g, *, C, **kwargs):
+    """Causal GLA with g [B, T, H, K]: (o fp32 [B, T, H, V], final state fp32)."""
+    K, V = gla_triton.dim(q.shape[-1]), gla_triton.dim(v.shape[-1])
+    BV = min(V, gla_triton.MAX_BLOCK_V)
+    return mosaic_gpu_pass.on_state_pass(_state_pass, q, k, v, g, C=C, BV=BV, k_multiple=K,
+                                         **kwargs)  # fmt: skip
+
+
+def _meta(qd, v, C: int, BV: int) -> dict:
+    BH, Tp, K = qd.shape
+    launch = gla_triton.DEFAULT_LAUNCH
+    return dict(
+        T=Tp, N=Tp // C, K=K, V=v.shape[-1], C=C, BV=BV, PRECISION=gla_triton.precision(qd.dtype),
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
+    )  # fmt: skip
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _state_pass(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
+    return _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV)[0]
+
+
+def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
+    qd, kd, P, v = (x.astype(dtype) for x in (qd, kd, P, v))
+    BH, Tp, K = qd.shape
+    meta = _meta(qd, v, C, BV)
+    shapes = [
+        jax.ShapeDtypeStruct((BH, Tp, meta["V"]), _F32),
+        jax.ShapeDtypeStruct((BH, meta["N"], K, meta["V"]), _F32),
+        jax.ShapeDtypeStruct((BH, K, meta["V"]), _F32),
+    ]
+    grid = (BH, meta["V"] // BV)
+    kernel = gla_triton.kernels().state_pass_fwd_kernel
+    o, states, final = gla_triton.launch(kernel, grid, [qd, kd, P, v, a, S0], shapes, interpret,
+                                         SCALE=float(scale), **meta)  # fmt: skip
+    return (o, final), (qd, kd, P, v, a, states, jnp.zeros((), S0.dtype))
+
+
+def _pass_bwd(scale, dtype, interpret, C, BV, residuals, cotangents):
+    qd, kd, P, v, a, states, _ = residuals
+    do, dS_final = cotangents
+    BH, Tp, K = qd.shape
+    meta = _meta(qd, v, C, BV)
+    NV, N, V = meta["V"] // BV, meta["N"], meta["V"]
+    shapes = [
+        jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32), jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32),
+        jax.ShapeDtypeStruct((NV, BH, Tp, C), _F32), jax.ShapeDtypeStruct((BH, Tp, V), _F32),
+        jax.ShapeDtypeStruct((NV, BH, N, K), _F32), jax.ShapeDtypeStruct((BH, K, V), _F32),
+    ]  # fmt: skip
+    inputs = [qd, kd, P, v, (scale * do).astype(dtype), a, states, dS_final.astype(_F32)]
+    kernel = gla_triton.kernels().state_pass_bwd_kernel
+    dqd, dkd, dP, dv, da, dS0 = gla_triton.launch(kernel, (BH, NV), inputs, shapes, interpret,
+                                                  BH=BH, **meta)  # fmt: skip
+    dqd, dkd, dP, da = (x.sum(axis=0) for x in (dqd, dkd, dP, da))
+    return dqd, dkd, dP, dv.astype(v.dtype), da, dS0
+
+
+_state_pass.defvjp(_pass_fwd, _pass_bwd)
