@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 
 import jax
 import numpy as np
@@ -95,6 +96,11 @@ class _HostArray:
         return self
 
 
+# The interpreter keeps its grid position and language patches in globals: devices of one
+# process (a multi-device CPU mesh) take turns.
+_INTERPRETER_LOCK = threading.Lock()
+
+
 def _interpret(kernel, grid, out_shapes, meta):
     from triton.runtime.interpreter import InterpretedFunction
 
@@ -103,7 +109,7 @@ def _interpret(kernel, grid, out_shapes, meta):
     def host(*inputs):
         ins = [np.ascontiguousarray(np.asarray(a)).copy() for a in inputs]
         outs = [np.zeros(o.shape, o.dtype) for o in out_shapes]
-        with _interpreting():
+        with _INTERPRETER_LOCK, _interpreting():
             run[grid](*(_HostArray(a) for a in ins + outs), **meta)
         return outs
 
