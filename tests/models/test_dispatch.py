@@ -19,7 +19,8 @@ TOKENS = jnp.asarray(np.random.default_rng(0).integers(1, 64, (2, 20)), jnp.int3
 @pytest.mark.parametrize(
     ("mixer", "engine", "impl"),
     [("retnet", "gla", "associative_scan"), ("deltanet", "delta", "reference"),
-     ("mamba", "ssm", "associative_scan")],
+     ("mamba", "ssm", "associative_scan"), ("gla", "gla", "triton"),
+     ("gated_deltanet", "delta", "triton")],
 )  # fmt: skip
 def test_named_implementation_gives_the_same_logits(mixer, engine, impl):
     want = make(mixer)(TOKENS)

@@ -63,11 +63,14 @@ def _meta(x: Inputs, C: int, K: int, V: int) -> dict:
     )  # fmt: skip
 
 
-def _padded(x: Inputs):
+def _prepare(x: Inputs, C: int):
+    """q, k, v and w (a placeholder without the delta rule) padded to the tiles, the decay rows
+    and chunk decays, and the kernels' constexprs."""
     K, V = dim(x.q.shape[-1]), dim(x.v.shape[-1])
     q, k = (layout.pad_to(a, 2, K) for a in (x.q, x.k))
     w = jnp.zeros((1,), x.q.dtype) if x.w is None else layout.pad_to(x.w, 2, K)
-    return q, k, layout.pad_to(x.v, 2, V), w, K, V
+    rows, a = layout.decay_rows(x, C)
+    return q, k, layout.pad_to(x.v, 2, V), w, rows, a, _meta(x, C, K, V)
 
 
 def _pad_state(S: jax.Array, K: int, V: int) -> jax.Array:
@@ -77,12 +80,8 @@ def _pad_state(S: jax.Array, K: int, V: int) -> jax.Array:
 def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
     """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final)."""
     del math
-    K0, V0 = x.q.shape[-1], x.v.shape[-1]
-    q, k, v, w, K, V = _padded(x)
-    BH, Tp, _ = q.shape
-    N = Tp // C
-    rows, a = layout.decay_rows(x, C)
-    meta = _meta(x, C, K, V)
+    q, k, v, w, rows, a, meta = _prepare(x, C)
+    BH, (Tp, N, K, V) = q.shape[0], (meta[n] for n in ("T", "N", "K", "V"))
     shapes = [
         jax.ShapeDtypeStruct((BH, Tp, V), _F32),
         jax.ShapeDtypeStruct((BH, N, K, V), _F32),
@@ -92,18 +91,15 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
     grid = (BH, V // meta["BV"])
     o, states, final = launch(kernels().gla_fwd_kernel, grid, inputs, shapes, interpret,
                                SCALE=float(scale), **meta)  # fmt: skip
+    K0, V0 = x.q.shape[-1], x.v.shape[-1]
     return o[..., :V0], states, final[:, :K0, :V0]
 
 
 def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math=None):
     """The `pallas.op.make_op` backward: (dq, dk, dv, dg or None, None, dS0[, dw])."""
     del math
-    K0, V0 = x.q.shape[-1], x.v.shape[-1]
-    q, k, v, w, K, V = _padded(x)
-    BH, Tp, _ = q.shape
-    N = Tp // C
-    rows, a = layout.decay_rows(x, C)
-    meta = _meta(x, C, K, V)
+    q, k, v, w, rows, a, meta = _prepare(x, C)
+    BH, (Tp, N, K, V) = q.shape[0], (meta[n] for n in ("T", "N", "K", "V"))
     NV = V // meta["BV"]
     do = layout.pad_to((scale * do).astype(q.dtype), 2, V)
     partial_K = jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32)  # one per value block, summed below
@@ -117,6 +113,7 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
     dq, dk, dv, sums, da, dS0, dw = launch(
         kernels().gla_bwd_kernel, (BH, NV), inputs, shapes, interpret, BH=BH, **meta
     )
+    K0, V0 = x.q.shape[-1], x.v.shape[-1]
     dq, dk = (d.sum(axis=0)[..., :K0] for d in (dq, dk))
     dg = None if x.g is None else layout.gate_grad(sums.sum(axis=0), da.sum(axis=0), a, C)
     grads = (dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0])
