@@ -1,6 +1,9 @@
-"""Test setup: 8 fake CPU devices and strict rank promotion, before any backend use."""
+"""Test setup: 8 fake CPU devices and strict rank promotion, before any backend use; a shared
+persistent compilation cache for the training runs the tests start as subprocesses."""
 
 import os
+import tempfile
+from pathlib import Path
 
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
@@ -11,6 +14,14 @@ import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Subprocess runs (the CLI, a run killed and resumed, sharded vs single-device runs) compile the
+# same programs again and again: they share JAX's persistent cache. This process read its
+# configuration at `import jax` above, so the variables reach the subprocesses only.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "linmix-tests-jax-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def pytest_collection_modifyitems(config, items):
