@@ -11,7 +11,9 @@ against the oracle on the same rounded inputs.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import triton
 from test_gla import FP32_TOL, B, H, K, V, compare, make_inputs, segments_from_starts
@@ -71,6 +73,26 @@ def test_refuses_mixed_dtypes_and_wide_keys() -> None:
     assert o.shape == (B, 8, H, V) and K != V
 
 
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_inference_writes_no_chunk_states(gate: str) -> None:
+    """Not differentiated, the forward kernels skip the chunk states the backward needs: same
+    outputs, bit for bit, and no [B*H, N, K, V] kernel output (N = 4 chunks of 16 here)."""
+    inputs = make_inputs(64, gate, seed=5)
+    args = [inputs[n] for n in "qkvg"]
+
+    def run(q, k, v, g):
+        return gla(q, k, v, g, initial_state=inputs["initial_state"], output_final_state=True,
+                   chunk_size=16, implementation="triton")  # fmt: skip
+
+    o, S = jax.jit(run)(*args)
+    (o_diff, S_diff), _ = jax.vjp(run, *args)
+    np.testing.assert_array_equal(o, o_diff)
+    np.testing.assert_array_equal(S, S_diff)
+    states = f"f32[{B * H},4,16,16]"  # K = 8 and V = 12 padded to 16
+    assert states not in str(jax.make_jaxpr(run)(*args))
+    assert states in str(jax.make_jaxpr(lambda *a: jax.vjp(run, *a))(*args))
+
+
 def _compile(kernel, dtype: str, pointers: int, wide: tuple[str, ...], **constexprs):
     """Triton's compiler on the kernel for an H100 (sm_90): TTIR, TTGIR, LLVM IR, PTX, cubin."""
     names = kernel.arg_names
@@ -93,12 +115,13 @@ def test_compiles_for_hopper(dtype: str, dims: tuple[int, int], has_w: bool) -> 
     precision = "ieee" if dtype == "fp32" else "tf32"
     shape = dict(T=256, N=4, K=Kd, V=Vd, C=64, BV=min(Vd, 64), HAS_W=has_w, PRECISION=precision)
     fwd = _compile(triton_kernels.gla_fwd_kernel, dtype, 10, ("q_ptr", "k_ptr", "v_ptr", "w_ptr"),
-                   SCALE=0.125, **shape)  # fmt: skip
+                   SCALE=0.125, STORE_STATES=True, **shape)  # fmt: skip
     wide = ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "w_ptr")
     bwd = _compile(triton_kernels.gla_bwd_kernel, dtype, 16, wide, BH=4, **shape)
     del shape["HAS_W"]
     wide = ("qd_ptr", "kd_ptr", "p_ptr", "v_ptr", "do_ptr")
-    pass_fwd = _compile(triton_kernels.state_pass_fwd_kernel, dtype, 9, wide, SCALE=0.1, **shape)
+    pass_fwd = _compile(triton_kernels.state_pass_fwd_kernel, dtype, 9, wide, SCALE=0.1,
+                        STORE_STATES=False, **shape)  # fmt: skip
     pass_bwd = _compile(triton_kernels.state_pass_bwd_kernel, dtype, 14, wide, BH=4, **shape)
     for kernel in (fwd, bwd, pass_fwd, pass_bwd):
         assert kernel.asm["cubin"] and ".target sm_90" in kernel.asm["ptx"]

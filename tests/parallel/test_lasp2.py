@@ -172,4 +172,3 @@ def test_triton_kernels_as_the_local_op():
         _inputs("scalar"),
         mesh,
     )
-

@@ -11,6 +11,7 @@ gate gradient is assembled from the kernel's per-token sums (`layout.gate_grad`)
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -77,22 +78,23 @@ def _pad_state(S: jax.Array, K: int, V: int) -> jax.Array:
     return layout.pad_to(layout.pad_to(S.astype(_F32), 1, K), 2, V)
 
 
-def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
-    """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final)."""
+def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None, states=True):
+    """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final);
+    with states=False (inference) no chunk state is written and states is None."""
     del math
     q, k, v, w, rows, a, meta = _prepare(x, C)
     BH, (Tp, N, K, V) = q.shape[0], (meta[n] for n in ("T", "N", "K", "V"))
     shapes = [
         jax.ShapeDtypeStruct((BH, Tp, V), _F32),
-        jax.ShapeDtypeStruct((BH, N, K, V), _F32),
+        jax.ShapeDtypeStruct((BH, N, K, V) if states else (1,), _F32),
         jax.ShapeDtypeStruct((BH, K, V), _F32),
     ]
     inputs = [q, k, v, rows, a, _pad_state(S0, K, V), w]
     grid = (BH, V // meta["BV"])
-    o, states, final = launch(kernels().gla_fwd_kernel, grid, inputs, shapes, interpret,
-                               SCALE=float(scale), **meta)  # fmt: skip
+    o, chunk_states, final = launch(kernels().gla_fwd_kernel, grid, inputs, shapes, interpret,
+                                     SCALE=float(scale), STORE_STATES=states, **meta)  # fmt: skip
     K0, V0 = x.q.shape[-1], x.v.shape[-1]
-    return o[..., :V0], states, final[:, :K0, :V0]
+    return o[..., :V0], chunk_states if states else None, final[:, :K0, :V0]
 
 
 def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math=None):
@@ -126,7 +128,9 @@ def launch(kernel, grid, inputs, shapes, interpret, **meta):
     return triton_launch.launch(kernel, grid, inputs, shapes, interpret, **meta)
 
 
-_op = op.make_op(forward, backward, None, min_chunk=MIN_DIM)
+_op = op.make_op(
+    forward, backward, None, min_chunk=MIN_DIM, inference=functools.partial(forward, states=False)
+)
 
 
 def gla_triton(q, k, v, g, *, chunk_size: int, **kwargs):

@@ -28,7 +28,9 @@ def gla_fwd_kernel(
     o_ptr, states_ptr, final_ptr,
     T: tl.constexpr, N: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BV: tl.constexpr, SCALE: tl.constexpr, HAS_W: tl.constexpr, PRECISION: tl.constexpr,
+    STORE_STATES: tl.constexpr,
 ):  # fmt: skip
+    """STORE_STATES: keep the state entering every chunk for the backward (not for inference)."""
     bh = tl.program_id(0).to(tl.int64)
     vb = tl.program_id(1)
     t = tl.arange(0, C)
@@ -45,7 +47,8 @@ def gla_fwd_kernel(
         u = tl.load(v_ptr + tok[:, None] * V + vv[None, :])
         row = rows_ptr + bh * 4 * T + n * C + t
         b, qs, ks, seg = tl.load(row), tl.load(row + T), tl.load(row + 2 * T), tl.load(row + 3 * T)
-        tl.store(states_ptr + (bh * N + n) * K * V + state_at, S)
+        if STORE_STATES:
+            tl.store(states_ptr + (bh * N + n) * K * V + state_at, S)
         Sd = S.to(dtype)
         if HAS_W:
             w = tl.load(w_ptr + tok[:, None] * K + kk[None, :])
@@ -143,7 +146,7 @@ def state_pass_fwd_kernel(
     qd_ptr, kd_ptr, p_ptr, v_ptr, a_ptr, s0_ptr,
     o_ptr, states_ptr, final_ptr,
     T: tl.constexpr, N: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-    BV: tl.constexpr, SCALE: tl.constexpr, PRECISION: tl.constexpr,
+    BV: tl.constexpr, SCALE: tl.constexpr, PRECISION: tl.constexpr, STORE_STATES: tl.constexpr,
 ):  # fmt: skip
     """Per-channel gates: the pair weights P [C, C], decayed queries and keys and the chunk decays
     a [K] come from XLA; o = scale * (P v + qd S), S_next = diag(a) S + kd^T v."""
@@ -161,7 +164,8 @@ def state_pass_fwd_kernel(
         P = tl.load(p_ptr + tok[:, None] * C + t[None, :])
         v = tl.load(v_ptr + tok[:, None] * V + vv[None, :])
         a = tl.load(a_ptr + (bh * N + n) * K + kk)
-        tl.store(states_ptr + (bh * N + n) * K * V + state_at, S)
+        if STORE_STATES:
+            tl.store(states_ptr + (bh * N + n) * K * V + state_at, S)
         o = tl.dot(P, v, input_precision=PRECISION)
         o = tl.dot(qd, S.to(qd.dtype), acc=o, input_precision=PRECISION)
         tl.store(o_ptr + tok[:, None] * V + vv[None, :], SCALE * o)

@@ -40,22 +40,33 @@ def _meta(qd, v, C: int, BV: int) -> dict:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
 def _state_pass(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
-    return _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV)[0]
+    """Not differentiated (inference): no chunk state is written."""
+    return _forward(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV, states=False)[:2]
 
 
-def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
+def _forward(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV, states: bool):
+    """(o, final state, chunk states or None, the 16-bit inputs)."""
     qd, kd, P, v = (x.astype(dtype) for x in (qd, kd, P, v))
     BH, Tp, K = qd.shape
     meta = _meta(qd, v, C, BV)
     shapes = [
         jax.ShapeDtypeStruct((BH, Tp, meta["V"]), _F32),
-        jax.ShapeDtypeStruct((BH, meta["N"], K, meta["V"]), _F32),
+        jax.ShapeDtypeStruct((BH, meta["N"], K, meta["V"]) if states else (1,), _F32),
         jax.ShapeDtypeStruct((BH, K, meta["V"]), _F32),
     ]
     grid = (BH, meta["V"] // BV)
     kernel = gla_triton.kernels().state_pass_fwd_kernel
-    o, states, final = gla_triton.launch(kernel, grid, [qd, kd, P, v, a, S0], shapes, interpret,
-                                         SCALE=float(scale), **meta)  # fmt: skip
+    o, chunk_states, final = gla_triton.launch(
+        kernel, grid, [qd, kd, P, v, a, S0], shapes, interpret, SCALE=float(scale),
+        STORE_STATES=states, **meta,
+    )  # fmt: skip
+    return o, final, chunk_states if states else None, (qd, kd, P, v)
+
+
+def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
+    o, final, states, (qd, kd, P, v) = _forward(
+        qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV, states=True
+    )
     return (o, final), (qd, kd, P, v, a, states, jnp.zeros((), S0.dtype))
 
 
