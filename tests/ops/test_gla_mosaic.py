@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from test_gla import B, H, K, V, compare, make_inputs, segments_from_starts
 
@@ -63,6 +64,33 @@ def test_refuses_fp32_and_wide_keys() -> None:
     wide = jnp.zeros((1, 8, 1, 192), jnp.bfloat16)
     with pytest.raises(ValueError, match="key dims up to 128"):
         gla(wide, wide, wide, implementation="mosaic_gpu")
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_inference_writes_no_chunk_states(gate: str) -> None:
+    """Not differentiated, the forward kernels skip the chunk states the backward needs: same
+    outputs, bit for bit, no [B*H, N, K, V] kernel output, and the kernel lowers for CUDA."""
+    inputs = _bf16(make_inputs(128, gate, seed=5))
+    args = [inputs[n] for n in "qkvg"]
+
+    def run(q, k, v, g):
+        return gla(q, k, v, g, initial_state=inputs["initial_state"], output_final_state=True,
+                   implementation="mosaic_gpu")  # fmt: skip
+
+    o, S = jax.jit(run)(*args)
+    (o_diff, S_diff), _ = jax.vjp(run, *args)
+    np.testing.assert_array_equal(np.asarray(o, np.float32), np.asarray(o_diff, np.float32))
+    np.testing.assert_array_equal(S, S_diff)
+    states = f"f32[{B * H},2,64,64]"  # 2 chunks of 64; K = 8 and V = 12 padded to 64
+    assert states not in str(jax.make_jaxpr(run)(*args))
+    assert states in str(jax.make_jaxpr(lambda *a: jax.vjp(run, *a))(*args))
+
+    def native(q, k, v, g):
+        return gla_mosaic_gpu(q, k, v, g, scale=0.1, initial_state=None, segment_ids=None,
+                              chunk_size=64, interpret=False)  # fmt: skip
+
+    text = jax.jit(native).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 1
 
 
 @pytest.mark.parametrize("segmented", [False, True])

@@ -20,6 +20,8 @@ multiples of 64. On a CPU backend the kernel runs in Pallas' GPU interpreter (`p
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -37,8 +39,9 @@ DTYPES = (jnp.bfloat16, jnp.float16)
 MAX_K = 128  # the delta rule's backward holds ~210 KiB of shared memory at K = 128 (H100: 227)
 
 
-def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
-    """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final)."""
+def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None, states=True):
+    """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final);
+    with states=False (inference) no chunk state is written and states is None."""
     del math
     if C != CHUNK:
         raise ValueError(f"the Mosaic GPU kernel runs chunks of {CHUNK} tokens, got {C}")
@@ -56,7 +59,7 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
 
     def body(*refs):
         q_ref, k_ref, v_ref, rows_ref, a_ref, S0_ref = refs[:6]
-        o_ref, states_ref, final_ref = refs[-3:]
+        o_ref, *states_ref, final_ref = refs[-3:] if states else refs[-2:]
         bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
         cols = pl.ds(vb * BLOCK_V, BLOCK_V)
 
@@ -69,7 +72,8 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
                 plgpu.copy_gmem_to_smem(rows_ref.at[bh, :, tok], rows_s, bar.at[3])
                 if wu:
                     plgpu.copy_gmem_to_smem(refs[6].at[bh, tok], wu[0], bar.at[4])
-                mgpu.store(S, sf_s, states_ref.at[bh, n, :, cols])
+                if states:
+                    mgpu.store(S, sf_s, states_ref[0].at[bh, n, :, cols])
                 st_s[...] = S.astype(dtype)
                 for i in range(n_bar):
                     plgpu.barrier_wait(bar.at[i])
@@ -109,11 +113,12 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None):
             *_w_scratch(x, C, K, dtype),
         )
 
-    o, states, final = mgpu.launch(
+    chunk_states = [((BH, N, K, V), _F32)] if states else []
+    o, *chunk_states, final = mgpu.launch(
         body, interpret, (BH, V // BLOCK_V),
-        [((BH, Tp, V), _F32), ((BH, N, K, V), _F32), ((BH, K, V), _F32)],
+        [((BH, Tp, V), _F32), *chunk_states, ((BH, K, V), _F32)],
     )(*inputs)  # fmt: skip
-    return o[..., :V0], states, final[:, :K0, :V0]
+    return o[..., :V0], chunk_states[0] if states else None, final[:, :K0, :V0]
 
 
 def _w_scratch(x: Inputs, C: int, K: int, dtype) -> list:
@@ -130,7 +135,10 @@ def values_minus_ws(ops: mgpu.Ops, v_s, st_s, w_s, u_s):
     return u_s
 
 
-_op = op.make_op(forward, mosaic_gpu_bwd.backward, None, min_chunk=CHUNK)
+_op = op.make_op(
+    forward, mosaic_gpu_bwd.backward, None, min_chunk=CHUNK,
+    inference=functools.partial(forward, states=False),
+)  # fmt: skip
 
 
 def gla_mosaic_gpu(q, k, v, g, *, chunk_size: int, **kwargs):

@@ -61,16 +61,26 @@ def on_state_pass(state_pass, q, k, v, g, *, scale, initial_state, segment_ids, 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
 def _state_pass(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
-    return _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV)[0]
+    """Not differentiated (inference): no chunk state is written."""
+    return _forward(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV, states=False)[:2]
 
 
 def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
+    o, final, states, (qd, kd, P) = _forward(
+        qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV, states=True
+    )
+    return (o, final), (qd, kd, P, v, a, states, jnp.zeros((), S0.dtype))
+
+
+def _forward(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV, states: bool):
+    """(o, final state, chunk states or None, qd, kd and P in the input dtype)."""
     BH, Tp, K = qd.shape
     V, N, ops = v.shape[-1], Tp // C, mgpu.Ops(interpret)
     args = [x.astype(dtype) for x in (qd, kd, P)] + [v, a, S0]
     qd, kd, P = args[:3]  # kept in the input dtype for the backward
 
-    def body(qd_ref, kd_ref, P_ref, v_ref, a_ref, S0_ref, o_ref, states_ref, final_ref):
+    def body(qd_ref, kd_ref, P_ref, v_ref, a_ref, S0_ref, o_ref, *refs):
+        *states_ref, final_ref = refs
         bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
         cols, Op = pl.ds(vb * BV, BV), mgpu.Operand
 
@@ -81,7 +91,8 @@ def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
                         v_ref.at[bh, tok, cols], a_ref.at[bh, n])  # fmt: skip
                 for i, (src, dst) in enumerate(zip(srcs, (qd_s, kd_s, P_s, v_s, a_s), strict=True)):
                     plgpu.copy_gmem_to_smem(src, dst, bar.at[i])
-                mgpu.store(S, sf_s, states_ref.at[bh, n, :, cols])
+                if states:
+                    mgpu.store(S, sf_s, states_ref[0].at[bh, n, :, cols])
                 st_s[...] = S.astype(dtype)
                 plgpu.commit_smem()
                 for i in range(5):
@@ -101,11 +112,12 @@ def _pass_fwd(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
             mgpu.smem((C, BV), _F32), mgpu.smem((K, BV), _F32), plgpu.Barrier(num_barriers=5),
         )  # fmt: skip
 
-    o, states, final = mgpu.launch(
+    chunk_states = [((BH, N, K, V), _F32)] if states else []
+    o, *chunk_states, final = mgpu.launch(
         body, interpret, (BH, V // BV),
-        [((BH, Tp, V), _F32), ((BH, N, K, V), _F32), ((BH, K, V), _F32)],
+        [((BH, Tp, V), _F32), *chunk_states, ((BH, K, V), _F32)],
     )(*args)  # fmt: skip
-    return (o, final), (qd, kd, P, v, a, states, jnp.zeros((), S0.dtype))
+    return o, final, chunk_states[0] if states else None, (qd, kd, P)
 
 
 def _pass_bwd(scale, dtype, interpret, C, BV, residuals, cotangents):
