@@ -1,5 +1,5 @@
 """Test setup: 8 fake CPU devices and strict rank promotion, before any backend use; a shared
-persistent compilation cache for the training runs the tests start as subprocesses."""
+persistent compilation cache for the processes the tests start."""
 
 import os
 import tempfile
@@ -15,9 +15,9 @@ import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# Subprocess runs (the CLI, a run killed and resumed, sharded vs single-device runs) compile the
-# same programs again and again: they share JAX's persistent cache. This process read its
-# configuration at `import jax` above, so the variables reach the subprocesses only.
+# Processes started from here on (pytest-xdist workers; the CLI runs of the training tests: a
+# run killed and resumed, sharded vs single-device runs) compile many of the same programs: they
+# share JAX's persistent compilation cache.
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "linmix-tests-jax-cache")
 )

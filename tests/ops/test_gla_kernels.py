@@ -154,6 +154,36 @@ def test_gpu_lowering(gate: str | None, segmented: bool) -> None:
     assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2
 
 
+@pytest.mark.parametrize("implementation", KERNELS)
+def test_inference_writes_no_chunk_states(implementation: str) -> None:
+    """Not differentiated, the forward kernels skip the chunk states the backward needs: same
+    outputs, bit for bit, no [B*H, N, K, V] kernel output (N = 4 chunks of 16; the GPU kernels
+    pad K = 8 and V = 12 to 16), and the inference kernel lowers for its hardware."""
+    inputs = make_inputs(64, "scalar", seed=5)
+    args = [inputs[n] for n in "qkvg"]
+
+    def run(q, k, v, g):
+        return gla(q, k, v, g, initial_state=inputs["initial_state"], output_final_state=True,
+                   chunk_size=16, implementation=implementation)  # fmt: skip
+
+    o, S = jax.jit(run)(*args)
+    (o_diff, S_diff), _ = jax.vjp(run, *args)
+    np.testing.assert_array_equal(o, o_diff)
+    np.testing.assert_array_equal(S, S_diff)
+    states = f"f32[{B * H},4,8,12]" if implementation == "pallas_tpu" else f"f32[{B * H},4,16,16]"
+    assert states not in str(jax.make_jaxpr(run)(*args))
+    assert states in str(jax.make_jaxpr(lambda *a: jax.vjp(run, *a))(*args))
+
+    op = pallas_tpu.gla_pallas_tpu if implementation == "pallas_tpu" else pallas_gpu.gla_pallas_gpu
+    q, g, _ = _lowering_inputs("scalar", False)
+    kw = dict(scale=0.1, initial_state=None, segment_ids=None, chunk_size=64, interpret=False)
+    platform = "tpu" if implementation == "pallas_tpu" else "cuda"
+    text = jax.jit(lambda q, g: op(q, q, q, g, **kw)).trace(q, g).lower(
+        lowering_platforms=(platform,)
+    ).as_text()  # fmt: skip
+    assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") == 1
+
+
 def test_default_implementation_per_backend() -> None:
     assert default_implementation("tpu") == "pallas_tpu"
     assert default_implementation("cpu") == "xla"

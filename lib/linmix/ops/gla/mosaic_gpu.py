@@ -20,8 +20,6 @@ multiples of 64. On a CPU backend the kernel runs in Pallas' GPU interpreter (`p
 
 from __future__ import annotations
 
-import functools
-
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -135,10 +133,7 @@ def values_minus_ws(ops: mgpu.Ops, v_s, st_s, w_s, u_s):
     return u_s
 
 
-_op = op.make_op(
-    forward, mosaic_gpu_bwd.backward, None, min_chunk=CHUNK,
-    inference=functools.partial(forward, states=False),
-)  # fmt: skip
+_op = op.make_op(forward, mosaic_gpu_bwd.backward, None, min_chunk=CHUNK)
 
 
 def gla_mosaic_gpu(q, k, v, g, *, chunk_size: int, **kwargs):

@@ -11,7 +11,6 @@ gate gradient is assembled from the kernel's per-token sums (`layout.gate_grad`)
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -128,9 +127,7 @@ def launch(kernel, grid, inputs, shapes, interpret, **meta):
     return triton_launch.launch(kernel, grid, inputs, shapes, interpret, **meta)
 
 
-_op = op.make_op(
-    forward, backward, None, min_chunk=MIN_DIM, inference=functools.partial(forward, states=False)
-)
+_op = op.make_op(forward, backward, None, min_chunk=MIN_DIM)
 
 
 def gla_triton(q, k, v, g, *, chunk_size: int, **kwargs):

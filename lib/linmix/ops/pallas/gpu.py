@@ -110,38 +110,46 @@ class _Layout:
         return Chunk(q, k, v, g, g_row, beta, seg), rest
 
 
-def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math):
-    """Returns (o [BH, Tp, V] fp32, states entering each chunk (padded dims), final state)."""
+def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math, states: bool = True):
+    """Returns (o [BH, Tp, V] fp32, states entering each chunk (padded dims), final state);
+    with states=False (inference) no chunk state is written and states is None."""
     K0, V0 = x.q.shape[-1], x.v.shape[-1]
     lay = _Layout(_padded(x), C)
     arrays, in_specs = lay.inputs()
     K, V, N = lay.K, lay.V, lay.N
 
     def kernel(*refs):
-        *refs, S0_ref, o_ref, states_ref, final_ref = refs
+        n_out = 3 if states else 2
+        refs, (S0_ref, o_ref, *states_ref, final_ref) = refs[: -n_out - 1], refs[-n_out - 1 :]
 
         def body(n, S):
             chunk, _ = lay.load(refs, n)
-            states_ref[pl.ds(n, 1), :, :] = S[None]
+            if states:
+                states_ref[0][pl.ds(n, 1), :, :] = S[None]
             o, S_next = math.forward(chunk, S)
             o_ref[pl.ds(n * C, C), :] = scale * o
             return S_next
 
         final_ref[...] = lax.fori_loop(0, N, body, S0_ref[...].astype(_F32))
 
-    o, states, final = pl.pallas_call(
+    chunk_states = [jax.ShapeDtypeStruct((lay.BH, N, K, V), _F32)] if states else []
+    o, *chunk_states, final = pl.pallas_call(
         kernel,
         grid=(lay.BH,),
         in_specs=[*in_specs, lay.per_head(K, V)],
-        out_specs=[lay.per_head(lay.Tp, V), lay.per_head(N, K, V), lay.per_head(K, V)],
+        out_specs=[
+            lay.per_head(lay.Tp, V),
+            *([lay.per_head(N, K, V)] if states else []),
+            lay.per_head(K, V),
+        ],
         out_shape=[
             jax.ShapeDtypeStruct((lay.BH, lay.Tp, V), _F32),
-            jax.ShapeDtypeStruct((lay.BH, N, K, V), _F32),
+            *chunk_states,
             jax.ShapeDtypeStruct((lay.BH, K, V), _F32),
         ],
         **_params(interpret),
     )(*arrays, _pad_state(S0, K, V))
-    return o[..., :V0], states, final[:, :K0, :V0]
+    return o[..., :V0], chunk_states[0] if states else None, final[:, :K0, :V0]
 
 
 def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math):

@@ -15,14 +15,14 @@ from linmix.ops.pallas import layout
 _F32 = jnp.float32
 
 
-def make_op(run_forward, run_backward, math, min_chunk: int = 1, inference=None):
+def make_op(run_forward, run_backward, math, min_chunk: int = 1):
     """The causal chunked op `(q, k, v, g, beta=None, *, scale, initial_state, segment_ids,
     chunk_size, interpret, w=None) -> (o fp32 [B, T, H, V], S_final fp32)`, the contract of the
     engines' XLA chunked forms. g: None, [B, T, H] or [B, T, H, K]; beta: None or [B, T, H]; w:
     None or [B, T, H, K], values u = v - w S (the delta rule after its WY transform; kernels
     that take it return its gradient last). Chunks are at least `min_chunk` long (padded).
-    `inference`: a forward like `run_forward` that stores no chunk states, for calls that are
-    not differentiated (by default the forward's states are computed and dropped)."""
+    Calls that are not differentiated run the forward with states=False: no chunk state is
+    written (inference)."""
 
     def prepare(q, k, v, g, beta, w, seg, C):
         g_BTHX = None if g is None else chunks.gate_BTHX(g, q.shape)
@@ -30,9 +30,8 @@ def make_op(run_forward, run_backward, math, min_chunk: int = 1, inference=None)
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
     def run(q, k, v, g, beta, w, S0, seg, scale, C, interpret):
-        forward = run_forward if inference is None else inference
         x = prepare(q, k, v, g, beta, w, seg, C)
-        return finish(q, forward(x, fold_state(S0), scale, C, interpret, math))
+        return finish(q, run_forward(x, fold_state(S0), scale, C, interpret, math, states=False))
 
     def fold_state(S0):
         return S0.astype(_F32).reshape(-1, *S0.shape[2:])

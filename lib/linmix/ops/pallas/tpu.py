@@ -90,15 +90,16 @@ def _params(interpret: bool) -> dict:
     return dict(compiler_params=semantics, interpret=interpret)
 
 
-def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math):
-    """Returns (o [BH, Tp, V] fp32, states entering each chunk [BH, N, K, V], final state)."""
+def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math, states: bool = True):
+    """Returns (o [BH, Tp, V] fp32, states entering each chunk [BH, N, K, V], final state);
+    with states=False (inference) no chunk state is written and states is None."""
     BH, Tp, K = x.q.shape
     V = x.v.shape[-1]
     specs = _Specs(x, C, rev=False)
     arrays, in_specs = _inputs(x, specs)
 
     def kernel(*refs):
-        chunk, (S0_ref, o_ref, states_ref, final_ref, S_scr) = _unpack(x, refs)
+        chunk, (S0_ref, o_ref, *states_ref, final_ref, S_scr) = _unpack(x, refs)
         n = pl.program_id(1)
 
         @pl.when(n == 0)
@@ -106,7 +107,8 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math):
             S_scr[...] = S0_ref[...]
 
         S = S_scr[...]
-        states_ref[...] = S
+        if states:
+            states_ref[0][...] = S
         o, S_next = math.forward(chunk, S)
         o_ref[...] = scale * o
         S_scr[...] = S_next
@@ -115,19 +117,21 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math):
         def _():
             final_ref[...] = S_next
 
-    return pl.pallas_call(
+    chunk_states = [jax.ShapeDtypeStruct((BH, specs.N, K, V), _F32)] if states else []
+    o, *chunk_states, final = pl.pallas_call(
         kernel,
         grid=(BH, specs.N),
         in_specs=[*in_specs, specs.state()],
-        out_specs=[specs.tokens(V), specs.states(), specs.state()],
+        out_specs=[specs.tokens(V), *([specs.states()] if states else []), specs.state()],
         out_shape=[
             jax.ShapeDtypeStruct((BH, Tp, V), _F32),
-            jax.ShapeDtypeStruct((BH, specs.N, K, V), _F32),
+            *chunk_states,
             jax.ShapeDtypeStruct((BH, K, V), _F32),
         ],
         scratch_shapes=[pltpu.VMEM((K, V), _F32)],
         **_params(interpret),
     )(*arrays, S0)
+    return o, chunk_states[0] if states else None, final
 
 
 def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math):
