@@ -10,37 +10,23 @@ gate gradient is assembled from the kernel's per-token sums (`layout.gate_grad`)
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
 from linmix.ops.gla import chunks
-from linmix.ops.pallas import layout, op
+from linmix.ops.pallas import gpu, layout, op
 from linmix.ops.pallas.layout import Inputs
 
 _F32 = jnp.float32
 DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
-MIN_DIM = 16
+MIN_DIM = gpu.MIN_DIM
 MAX_CHUNK = 64
 MAX_BLOCK_V = 64
 MAX_K = 256  # the [K, BLOCK_V] fp32 state lives in registers
 
 
-@dataclasses.dataclass(frozen=True)
-class LaunchConfig:
-    """Triton launch parameters (ignored by the interpreter)."""
-
-    num_warps: int = 4
-    num_stages: int = 2
-
-
-DEFAULT_LAUNCH = LaunchConfig()
-
-
-def dim(n: int) -> int:
-    """A feature dim padded to a power of two >= MIN_DIM (one tile)."""
-    return max(MIN_DIM, 1 << max(n - 1, 0).bit_length())
+DEFAULT_LAUNCH = gpu.LaunchConfig(num_warps=4, num_stages=2)  # ignored by the interpreter
+dim = gpu.dim  # feature dims padded to a power of two >= 16 (one tile)
 
 
 def kernels():

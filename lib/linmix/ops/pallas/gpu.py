@@ -26,7 +26,8 @@ MIN_DIM = 16
 
 @dataclasses.dataclass(frozen=True)
 class LaunchConfig:
-    """Triton launch parameters of the kernels (ignored in interpret mode)."""
+    """Triton launch parameters of the kernels (ignored in interpret mode; the `triton`
+    kernels take the same)."""
 
     num_warps: int = 4
     num_stages: int = 1
@@ -45,7 +46,8 @@ def _params(interpret: bool) -> dict:
     return dict(compiler_params=params)
 
 
-def _dim(n: int) -> int:
+def dim(n: int) -> int:
+    """A feature dim padded to a power of two >= MIN_DIM (one tile)."""
     return max(MIN_DIM, 1 << max(n - 1, 0).bit_length())
 
 
@@ -60,7 +62,7 @@ def _pad_state(S: jax.Array, K: int, V: int) -> jax.Array:
 
 
 def _padded(x: Inputs) -> Inputs:
-    K, V = _dim(x.q.shape[-1]), _dim(x.v.shape[-1])
+    K, V = dim(x.q.shape[-1]), dim(x.v.shape[-1])
     g = x.g if x.g is None or x.g.shape[-1] == 1 else _pad_last(x.g, K)
     return x._replace(q=_pad_last(x.q, K), k=_pad_last(x.k, K), v=_pad_last(x.v, V), g=g)
 
