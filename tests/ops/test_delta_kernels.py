@@ -14,6 +14,7 @@ from numerics import rel_err
 from test_delta import (
     BETAS,
     BF16_TOL,
+    FP32_TOL,
     B,
     H,
     V,
@@ -68,6 +69,18 @@ def test_gate_strengths_and_betas(kernel: str) -> None:
 def test_no_state_matches_reference(kernel: str, gated: bool) -> None:
     inputs = {**make_inputs(70, gated, seed=5), "initial_state": None}
     compare(inputs, chunk_size=32, final=False, implementation=kernel)
+
+
+@pytest.mark.parametrize("kernel", [*KERNELS, "triton"])
+def test_inference_forward_matches_reference(kernel: str) -> None:
+    """Not differentiated (the forward that writes no chunk states), with segments and states."""
+    x = make_inputs(70, True, seed=6)
+    args = [x[n] for n in ("q", "k", "v", "beta", "g")]
+    kw = dict(initial_state=x["initial_state"], output_final_state=True, use_qk_l2norm=True,
+              segment_ids=segments_from_starts(70, [[5, 40], [33]]), chunk_size=32)  # fmt: skip
+    o, S = jax.jit(lambda *a: delta_rule(*a, implementation=kernel, **kw))(*args)
+    o_ref, S_ref = delta_rule(*args, implementation="reference", **kw)
+    assert rel_err(o, o_ref) < FP32_TOL and rel_err(S, S_ref) < FP32_TOL
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -156,9 +156,10 @@ def test_gpu_lowering(gate: str | None, segmented: bool) -> None:
 
 @pytest.mark.parametrize("implementation", KERNELS)
 def test_inference_writes_no_chunk_states(implementation: str) -> None:
-    """Not differentiated, the forward kernels skip the chunk states the backward needs: same
-    outputs, bit for bit, no [B*H, N, K, V] kernel output (N = 4 chunks of 16; the GPU kernels
-    pad K = 8 and V = 12 to 16), and the inference kernel lowers for its hardware."""
+    """Not differentiated, the forward kernels skip the chunk states the backward needs: the
+    oracle's outputs, the differentiated forward's bit for bit, no [B*H, N, K, V] kernel output
+    (N = 4 chunks of 16; the GPU kernels pad K = 8 and V = 12 to 16), and the inference kernel
+    lowers for its hardware."""
     inputs = make_inputs(64, "scalar", seed=5)
     args = [inputs[n] for n in "qkvg"]
 
@@ -167,6 +168,9 @@ def test_inference_writes_no_chunk_states(implementation: str) -> None:
                    chunk_size=16, implementation=implementation)  # fmt: skip
 
     o, S = jax.jit(run)(*args)
+    o_ref, S_ref = gla(*args, initial_state=inputs["initial_state"], output_final_state=True,
+                       implementation="reference")  # fmt: skip
+    assert rel_err(o, o_ref) < FP32_TOL and rel_err(S, S_ref) < FP32_TOL
     (o_diff, S_diff), _ = jax.vjp(run, *args)
     np.testing.assert_array_equal(o, o_diff)
     np.testing.assert_array_equal(S, S_diff)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import rel_err
 from test_gla import B, H, K, V, compare, make_inputs, segments_from_starts
 
 from linmix.ops.gla import gla
@@ -68,8 +69,9 @@ def test_refuses_fp32_and_wide_keys() -> None:
 
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 def test_inference_writes_no_chunk_states(gate: str) -> None:
-    """Not differentiated, the forward kernels skip the chunk states the backward needs: same
-    outputs, bit for bit, no [B*H, N, K, V] kernel output, and the kernel lowers for CUDA."""
+    """Not differentiated, the forward kernels skip the chunk states the backward needs: the
+    oracle's outputs (on the same 16-bit inputs), the differentiated forward's bit for bit, no
+    [B*H, N, K, V] kernel output, and the kernel lowers for CUDA."""
     inputs = _bf16(make_inputs(128, gate, seed=5))
     args = [inputs[n] for n in "qkvg"]
 
@@ -78,6 +80,9 @@ def test_inference_writes_no_chunk_states(gate: str) -> None:
                    implementation="mosaic_gpu")  # fmt: skip
 
     o, S = jax.jit(run)(*args)
+    o_ref, S_ref = gla(*args, initial_state=inputs["initial_state"], output_final_state=True,
+                       implementation="reference")  # fmt: skip
+    assert rel_err(o, o_ref) < MOSAIC_TOL and rel_err(S, S_ref) < MOSAIC_TOL
     (o_diff, S_diff), _ = jax.vjp(run, *args)
     np.testing.assert_array_equal(np.asarray(o, np.float32), np.asarray(o_diff, np.float32))
     np.testing.assert_array_equal(S, S_diff)

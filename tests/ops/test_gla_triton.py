@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import triton
+from numerics import rel_err
 from test_gla import FP32_TOL, B, H, K, V, compare, make_inputs, segments_from_starts
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -75,8 +76,9 @@ def test_refuses_mixed_dtypes_and_wide_keys() -> None:
 
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 def test_inference_writes_no_chunk_states(gate: str) -> None:
-    """Not differentiated, the forward kernels skip the chunk states the backward needs: same
-    outputs, bit for bit, and no [B*H, N, K, V] kernel output (N = 4 chunks of 16 here)."""
+    """Not differentiated, the forward kernels skip the chunk states the backward needs: the
+    oracle's outputs, the differentiated forward's bit for bit, and no [B*H, N, K, V] kernel
+    output (N = 4 chunks of 16 here)."""
     inputs = make_inputs(64, gate, seed=5)
     args = [inputs[n] for n in "qkvg"]
 
@@ -85,6 +87,9 @@ def test_inference_writes_no_chunk_states(gate: str) -> None:
                    chunk_size=16, implementation="triton")  # fmt: skip
 
     o, S = jax.jit(run)(*args)
+    o_ref, S_ref = gla(*args, initial_state=inputs["initial_state"], output_final_state=True,
+                       implementation="reference")  # fmt: skip
+    assert rel_err(o, o_ref) < FP32_TOL and rel_err(S, S_ref) < FP32_TOL
     (o_diff, S_diff), _ = jax.vjp(run, *args)
     np.testing.assert_array_equal(o, o_diff)
     np.testing.assert_array_equal(S, S_diff)

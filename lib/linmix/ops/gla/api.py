@@ -89,8 +89,8 @@ def gla(
         chunked form as fused Pallas kernels, forward and backward; interpret mode on CPU),
         'mosaic_gpu' (Mosaic GPU kernels, forward and backward, wgmma products: bf16 / f16
         q, k, v, no or scalar gates; Pallas' GPU interpreter on CPU), 'triton' (Triton
-        kernels through jax_triton, forward and backward: no or scalar gates; Triton's
-        interpreter on CPU),
+        kernels through jax_triton, forward and backward: bf16 / f16 / fp32, per-channel gates
+        as a kernel state pass after XLA's intra-chunk parts; Triton's interpreter on CPU),
         'associative_scan' (parallel prefix scan over per-token K x V states: small states
         only, refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan).
 

@@ -1,6 +1,7 @@
 """Chunked gated linear attention as Triton kernels (`gla.triton_kernels`) called through
 `jax_triton`, forward and backward, joined by `pallas.op.make_op`; Triton's interpreter on a CPU
-backend. No or scalar gates; bf16, f16 or fp32 inputs (fp32 multiplies in IEEE fp32).
+backend. No or scalar gates here, per-channel gates in `triton_pass`; bf16, f16 or fp32 inputs
+(fp32 multiplies in IEEE fp32).
 
 Chunks hold 16 to MAX_CHUNK tokens; key dims are zero-padded to a power of two >= 16 (one tile),
 value dims to a power of two >= 16 split in blocks of at most MAX_BLOCK_V columns (one program
@@ -41,7 +42,7 @@ def precision(dtype) -> str:
 
 
 def _meta(x: Inputs, C: int, K: int, V: int) -> dict:
-    BH, Tp, _ = x.q.shape
+    Tp = x.q.shape[1]
     return dict(
         T=Tp, N=Tp // C, K=K, V=V, C=C, BV=min(V, MAX_BLOCK_V), HAS_W=x.w is not None,
         PRECISION=precision(x.q.dtype), num_warps=DEFAULT_LAUNCH.num_warps,
