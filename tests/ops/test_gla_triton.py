@@ -15,13 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import triton
 from numerics import rel_err
 from test_gla import FP32_TOL, B, H, K, V, compare, make_inputs, segments_from_starts
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
-from linmix.ops.gla import gla, triton_kernels
+from linmix.ops.gla import gla, triton_compile
+from linmix.ops.gla import triton as gla_triton
 
 TRITON_16_TOL = 1e-2
 
@@ -98,39 +96,41 @@ def test_inference_writes_no_chunk_states(gate: str) -> None:
     assert states in str(jax.make_jaxpr(lambda *a: jax.vjp(run, *a))(*args))
 
 
-def _compile(kernel, dtype: str, pointers: int, wide: tuple[str, ...], **constexprs):
-    """Triton's compiler on the kernel for an H100 (sm_90): TTIR, TTGIR, LLVM IR, PTX, cubin."""
-    names = kernel.arg_names
-    signature = {n: f"*{dtype}" if n in wide else "*fp32" for n in names[:pointers]}
-    signature.update({n: "constexpr" for n in constexprs})
-    values = {(names.index(n),): v for n, v in constexprs.items()}
-    source = ASTSource(kernel, signature, constexprs=values)
-    options = dict(num_warps=4, num_stages=2)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-
-
 @pytest.mark.parametrize(
     ("dtype", "dims", "has_w"), [("bf16", (128, 128), False), ("fp32", (64, 32), True)]
 )
 def test_compiles_for_hopper(dtype: str, dims: tuple[int, int], has_w: bool) -> None:
     """The forward and backward kernels (and the per-channel gates' state pass) compile for sm_90
-    at the benchmark's K = V = 128 (bf16) and with the delta rule's w input (fp32, IEEE
-    products), within the 228 KiB of shared memory per block."""
+    with the default launch configuration at the benchmark's K = V = 128 (bf16) and with the
+    delta rule's w input (fp32, IEEE products), within the 228 KiB of shared memory per block."""
     Kd, Vd = dims
-    precision = "ieee" if dtype == "fp32" else "tf32"
-    shape = dict(T=256, N=4, K=Kd, V=Vd, C=64, BV=min(Vd, 64), HAS_W=has_w, PRECISION=precision)
-    fwd = _compile(triton_kernels.gla_fwd_kernel, dtype, 10, ("q_ptr", "k_ptr", "v_ptr", "w_ptr"),
-                   SCALE=0.125, STORE_STATES=True, **shape)  # fmt: skip
-    wide = ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "w_ptr")
-    bwd = _compile(triton_kernels.gla_bwd_kernel, dtype, 16, wide, BH=4, **shape)
-    del shape["HAS_W"]
-    wide = ("qd_ptr", "kd_ptr", "p_ptr", "v_ptr", "do_ptr")
-    pass_fwd = _compile(triton_kernels.state_pass_fwd_kernel, dtype, 9, wide, SCALE=0.1,
-                        STORE_STATES=False, **shape)  # fmt: skip
-    pass_bwd = _compile(triton_kernels.state_pass_bwd_kernel, dtype, 14, wide, BH=4, **shape)
-    for kernel in (fwd, bwd, pass_fwd, pass_bwd):
+    launch = gla_triton.DEFAULT_LAUNCH
+    shape = dict(K=Kd, V=Vd, C=gla_triton.MAX_CHUNK, BV=min(Vd, gla_triton.MAX_BLOCK_V),
+                 num_warps=launch.num_warps, num_stages=launch.num_stages)  # fmt: skip
+    for name in triton_compile.KERNELS:
+        kernel = triton_compile.compile_kernel(name, dtype, has_w=has_w, **shape)
         assert kernel.asm["cubin"] and ".target sm_90" in kernel.asm["ptx"]
         assert kernel.metadata.shared <= 228 * 1024
+
+
+def test_default_launch_keeps_products_on_wgmma_and_spills_little() -> None:
+    """At K = V = 128 bf16 on sm_90 (ptxas' report on the PTX): every product of the default
+    configuration is a Hopper wgmma, the per-channel state pass spills nothing and the forward
+    kernels under 1 KB per thread, a quarter of what 4 warps spill."""
+    launch = gla_triton.DEFAULT_LAUNCH
+    shape = dict(K=128, V=128, C=gla_triton.MAX_CHUNK, BV=gla_triton.MAX_BLOCK_V)
+    spills = {}
+    for name in ("fwd", "pass_fwd"):
+        for warps in (4, launch.num_warps):
+            kernel = triton_compile.compile_kernel(
+                name, "bf16", num_warps=warps, num_stages=launch.num_stages, **shape
+            )
+            res = triton_compile.resources(kernel)
+            assert res["wgmma"] > 0 and res["mma_sync"] == 0, (name, warps, res)
+            spills[name, warps] = res["spill_stores"] + res["spill_loads"]
+    assert spills["pass_fwd", launch.num_warps] == 0
+    assert spills["fwd", launch.num_warps] < 1024
+    assert 4 * spills["fwd", launch.num_warps] <= spills["fwd", 4]
 
 
 @pytest.mark.gpu
