@@ -28,8 +28,9 @@ MAX_BLOCK_V = 64
 # The launch configuration of every Triton kernel (ignored by the interpreter), chosen at compile
 # time for sm_90 at K = V = 128, bf16 (`experiments/bench/triton_regs.py`; not timed): with 8
 # warps (two warpgroups) every product still runs on wgmma and the register spills per thread
-# fall from 4.0 to 0.5 KB (forward) and from 7.3 to 3.2 KB (backward) against 4 warps. Chunks of
-# 32 would spill less but run the products on mma.sync (wgmma takes 64 rows).
+# fall from 4.0 to 0.5 KB in the forward and from 5.3 to 1.0 KB in the reverse backward kernel
+# against 4 warps. Chunks of 32 would spill less but run the products on mma.sync (wgmma takes
+# 64 rows).
 DEFAULT_LAUNCH = gpu.LaunchConfig(num_warps=8, num_stages=2)
 dim = gpu.dim  # feature dims padded to a power of two >= 16 (one tile)
 
@@ -95,19 +96,24 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
     NV = V // meta["BV"]
     do = layout.pad_to((scale * do).astype(q.dtype), 2, V)
     partial_K = jax.ShapeDtypeStruct((NV, BH, Tp, K), _F32)  # one per value block, summed below
+    dq, fe_q = launch(
+        kernels().gla_bwd_dq_kernel, (BH, N, NV), [q, k, v, do, rows, states, w],
+        [partial_K, jax.ShapeDtypeStruct((NV, BH, Tp), _F32)], interpret, BH=BH, **meta,
+    )  # fmt: skip
     shapes = [
-        partial_K, partial_K, jax.ShapeDtypeStruct((BH, Tp, V), _F32),
+        partial_K, jax.ShapeDtypeStruct((BH, Tp, V), _F32),
         jax.ShapeDtypeStruct((NV, BH, 2, Tp), _F32), jax.ShapeDtypeStruct((NV, BH, N), _F32),
         jax.ShapeDtypeStruct((BH, K, V), _F32),
         partial_K if x.w is not None else jax.ShapeDtypeStruct((1,), _F32),
     ]  # fmt: skip
     inputs = [q, k, v, do, rows, a, states, _pad_state(dS_final, K, V), w]
-    dq, dk, dv, sums, da, dS0, dw = launch(
+    dk, dv, sums, da, dS0, dw = launch(
         kernels().gla_bwd_kernel, (BH, NV), inputs, shapes, interpret, BH=BH, **meta
     )
     K0, V0 = x.q.shape[-1], x.v.shape[-1]
     dq, dk = (d.sum(axis=0)[..., :K0] for d in (dq, dk))
-    dg = None if x.g is None else layout.gate_grad(sums.sum(axis=0), da.sum(axis=0), a, C)
+    sums = sums.sum(axis=0).at[:, 0].add(fe_q.sum(axis=0))  # fe = q . dq - k . dk_strict
+    dg = None if x.g is None else layout.gate_grad(sums, da.sum(axis=0), a, C)
     grads = (dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0])
     return grads if x.w is None else (*grads, dw.sum(axis=0)[..., :K0])
 

@@ -26,14 +26,16 @@ from linmix.ops.gla import triton_kernels
 KERNELS = {
     "fwd": (triton_kernels.gla_fwd_kernel, 10, ("q_ptr", "k_ptr", "v_ptr", "w_ptr"),
             dict(SCALE=0.125, STORE_STATES=True)),
-    "bwd": (triton_kernels.gla_bwd_kernel, 16, ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "w_ptr"),
+    "bwd_dq": (triton_kernels.gla_bwd_dq_kernel, 9, ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "w_ptr"),
+               dict(BH=4)),
+    "bwd": (triton_kernels.gla_bwd_kernel, 15, ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "w_ptr"),
             dict(BH=4)),
     "pass_fwd": (triton_kernels.state_pass_fwd_kernel, 9, ("qd_ptr", "kd_ptr", "p_ptr", "v_ptr"),
                  dict(SCALE=0.125, STORE_STATES=True)),
     "pass_bwd": (triton_kernels.state_pass_bwd_kernel, 14,
                  ("qd_ptr", "kd_ptr", "p_ptr", "v_ptr", "do_ptr"), dict(BH=4)),
 }  # fmt: skip
-USES_W = ("fwd", "bwd")  # the kernels with the delta rule's optional w input
+USES_W = ("fwd", "bwd_dq", "bwd")  # the kernels with the delta rule's optional w input
 
 
 def compile_kernel(

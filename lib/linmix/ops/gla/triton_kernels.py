@@ -11,9 +11,11 @@ segment id, and the chunk decay a, all computed outside (`pallas.layout.decay_ro
     o       = scale * ((q k^T) * D) u + scale * (q * qs) S
     S_next  = a S + (k * ks)^T u,          u = v (gla) or v - w S (the delta rule after WY)
 
-and the backward of `gla.mosaic_gpu_bwd` (dq, dk, dw partial per value block; per-token sums for
-the gate gradient). Products take operands in the input dtype (fp32 accumulation; fp32 inputs
-multiply in IEEE fp32). Tiles: C, K, BV powers of two >= 16.
+and the backward of `gla.mosaic_gpu_bwd` in two kernels: the query gradient, which needs only the
+state entering each chunk, in parallel over chunks (`gla_bwd_dq_kernel`); the rest walking the
+chunks in reverse with the adjoint (`gla_bwd_kernel`); dq, dk, dw partial per value block,
+per-token sums for the gate gradient. Products take operands in the input dtype (fp32
+accumulation; fp32 inputs multiply in IEEE fp32). Tiles: C, K, BV powers of two >= 16.
 """
 
 from __future__ import annotations
@@ -68,14 +70,59 @@ def gla_fwd_kernel(
 
 
 @triton.jit
-def gla_bwd_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, rows_ptr, a_ptr, states_ptr, lam_ptr, w_ptr,
-    dq_ptr, dk_ptr, dv_ptr, sums_ptr, da_ptr, ds0_ptr, dw_ptr,
+def gla_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, rows_ptr, states_ptr, w_ptr,
+    dq_ptr, fe_ptr,
     BH: tl.constexpr, T: tl.constexpr, N: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """do arrives scaled and in the input dtype. Outputs: dq, dk, dw [NV, BH, T, K] (partial per
-    value block), dv [BH, T, V], sums [NV, BH, 2, T] (fe, fs), da [NV, BH, N], dS0 [BH, K, V]."""
+    """The query gradient, one program per (batch * head, chunk, value block): it needs only the
+    state entering the chunk, so the chunks run in parallel. dq = (do u^T * D_strict) k +
+    (do * qs) S^T + (do . u) k; outputs dq [NV, BH, T, K] and fe_q = q . dq [NV, BH, T] (partial
+    per value block). do arrives scaled and in the input dtype."""
+    bh = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1)
+    vb = tl.program_id(2)
+    part = vb * BH + bh
+    t = tl.arange(0, C)
+    kk = tl.arange(0, K)
+    vv = vb * BV + tl.arange(0, BV)
+    r, s = t[:, None], t[None, :]
+    dtype = q_ptr.dtype.element_ty
+    tok = bh * T + n * C + t
+    at_K = tok[:, None] * K + kk[None, :]
+    at_V = tok[:, None] * V + vv[None, :]
+    row = rows_ptr + bh * 4 * T + n * C + t
+    b, qs, seg = tl.load(row), tl.load(row + T), tl.load(row + 3 * T)
+    u, do = tl.load(v_ptr + at_V), tl.load(do_ptr + at_V)
+    Sd = tl.load(states_ptr + (bh * N + n) * K * V + kk[:, None] * V + vv[None, :]).to(dtype)
+    if HAS_W:
+        w = tl.load(w_ptr + at_K)
+        u = (u.to(tl.float32) - tl.dot(w, Sd, input_precision=PRECISION)).to(dtype)
+    dof = do.to(tl.float32)
+    diag = tl.sum(dof * u.to(tl.float32), axis=1)
+    strict = (s < r) & (seg[:, None] == seg[None, :])
+    D = tl.where(strict, tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0)), 0.0)
+    Ws = tl.dot(do, tl.trans(u), input_precision=PRECISION) * D
+    k = tl.load(k_ptr + at_K)
+    dq = tl.dot(Ws.to(dtype), k, input_precision=PRECISION)
+    dq = tl.dot((dof * qs[:, None]).to(dtype), tl.trans(Sd), acc=dq, input_precision=PRECISION)
+    q = tl.load(q_ptr + at_K)
+    tl.store(fe_ptr + part * T + n * C + t, tl.sum(q.to(tl.float32) * dq, axis=1))
+    tl.store(dq_ptr + part * T * K + at_K - bh * T * K, dq + diag[:, None] * k.to(tl.float32))
+
+
+@triton.jit
+def gla_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, rows_ptr, a_ptr, states_ptr, lam_ptr, w_ptr,
+    dk_ptr, dv_ptr, sums_ptr, da_ptr, ds0_ptr, dw_ptr,
+    BH: tl.constexpr, T: tl.constexpr, N: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The rest of the backward, chunks in reverse carrying lam = dL/dS_next. do arrives scaled
+    and in the input dtype. Outputs: dk, dw [NV, BH, T, K] (partial per value block),
+    dv [BH, T, V], sums [NV, BH, 2, T] (fe_k = -k . dk_strict, fs = k . dk_state),
+    da [NV, BH, N], dS0 [BH, K, V]."""
     bh = tl.program_id(0).to(tl.int64)
     vb = tl.program_id(1)
     part = vb * BH + bh  # this value block's slot in the partial outputs
@@ -91,33 +138,31 @@ def gla_bwd_kernel(
         tok = bh * T + n * C + t
         at_K = tok[:, None] * K + kk[None, :]
         at_V = tok[:, None] * V + vv[None, :]
-        q, k = tl.load(q_ptr + at_K), tl.load(k_ptr + at_K)
-        u, do = tl.load(v_ptr + at_V), tl.load(do_ptr + at_V)
         row = rows_ptr + bh * 4 * T + n * C + t
         b, qs, ks, seg = tl.load(row), tl.load(row + T), tl.load(row + 2 * T), tl.load(row + 3 * T)
+        u, do = tl.load(v_ptr + at_V), tl.load(do_ptr + at_V)
         S = tl.load(states_ptr + (bh * N + n) * K * V + state_at)
-        Sd = S.to(dtype)
+        tl.store(da_ptr + part * N + n, tl.sum(tl.sum(lam * S, axis=1), axis=0))
         if HAS_W:
+            Sd = S.to(dtype)
             w = tl.load(w_ptr + at_K)
             u = (u.to(tl.float32) - tl.dot(w, Sd, input_precision=PRECISION)).to(dtype)
-        lamd = lam.to(dtype)
-        qf, kf, dof = q.to(tl.float32), k.to(tl.float32), do.to(tl.float32)
-        # D[r, s] (query r, key s) and its transpose DT[r, s] = D[s, r] on the same index grid
-        same = seg[:, None] == seg[None, :]
-        D = tl.where((s <= r) & same, tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0)), 0.0)
-        DT = tl.where((r <= s) & same, tl.exp(tl.minimum(b[None, :] - b[:, None], 0.0)), 0.0)
-        diag = tl.sum(dof * u.to(tl.float32), axis=1)
-        Ws = tl.dot(do, tl.trans(u), input_precision=PRECISION) * tl.where(s < r, D, 0.0)
-        do_q = (dof * qs[:, None]).to(dtype)
-        dq = tl.dot(Ws.to(dtype), k, input_precision=PRECISION)
-        dq = tl.dot(do_q, tl.trans(Sd), acc=dq, input_precision=PRECISION)
-        fe = tl.sum(qf * dq, axis=1)
-        tl.store(dq_ptr + part * T * K + at_K - bh * T * K, dq + diag[:, None] * kf)
+        q, k = tl.load(q_ptr + at_K), tl.load(k_ptr + at_K)
+        qf, kf = q.to(tl.float32), k.to(tl.float32)
+        diag = tl.sum(do.to(tl.float32) * u.to(tl.float32), axis=1)
+        # DT[r, s] = D[s, r]: key r, query s >= r of the same segment
+        DT = tl.where(
+            (r <= s) & (seg[:, None] == seg[None, :]),
+            tl.exp(tl.minimum(b[None, :] - b[:, None], 0.0)),
+            0.0,
+        )
         WT = tl.dot(u, tl.trans(do), input_precision=PRECISION) * tl.where(r < s, DT, 0.0)
         dk_strict = tl.dot(WT.to(dtype), q, input_precision=PRECISION)
+        lamd = lam.to(dtype)
         dk_state = tl.dot(u, tl.trans(lamd), input_precision=PRECISION) * ks[:, None]
-        fe -= tl.sum(kf * dk_strict, axis=1)
-        fs = tl.sum(kf * dk_state, axis=1)
+        sums = sums_ptr + part * 2 * T + n * C + t
+        tl.store(sums, -tl.sum(kf * dk_strict, axis=1))
+        tl.store(sums + T, tl.sum(kf * dk_state, axis=1))
         dk = dk_state + dk_strict + diag[:, None] * qf
         tl.store(dk_ptr + part * T * K + at_K - bh * T * K, dk)
         PT = tl.dot(k, tl.trans(q), input_precision=PRECISION) * DT
@@ -125,10 +170,6 @@ def gla_bwd_kernel(
         dv = tl.dot(PT.to(dtype), do, input_precision=PRECISION)
         dv = tl.dot(kd, lamd, acc=dv, input_precision=PRECISION)
         tl.store(dv_ptr + at_V, dv)
-        sums = sums_ptr + part * 2 * T + n * C + t
-        tl.store(sums, fe)
-        tl.store(sums + T, fs)
-        tl.store(da_ptr + part * N + n, tl.sum(tl.sum(lam * S, axis=1), axis=0))
         qd = (qf * qs[:, None]).to(dtype)
         a = tl.load(a_ptr + bh * N + n)
         lam_prev = tl.dot(tl.trans(qd), do, acc=a * lam, input_precision=PRECISION)
