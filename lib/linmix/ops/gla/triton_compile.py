@@ -2,11 +2,11 @@
 compiler (TTIR -> TTGIR -> LLVM IR -> PTX -> cubin) for a target such as sm_90, then ptxas' own
 resource report (registers per thread, spill stores / loads, stack) on that PTX.
 
-    kernel = compile_kernel("bwd", "bf16", K=128, V=128, C=64, BV=64, num_warps=4, num_stages=2)
-    resources(kernel)   # {'registers': 255, 'spill_stores': 3208, ..., 'shared': 132864}
+    kernel = compile_kernel("bwd", "bf16", K=128, V=128, C=64, BV=64, num_warps=8, num_stages=2)
+    resources(kernel)   # {'registers': 255, 'spill_stores': ..., 'wgmma': ..., 'shared': ...}
 
-Used by the sm_90 compile test and by `experiments/bench/triton_regs.py`, which compares launch
-configurations (`gla.triton.FORWARD_LAUNCH` / `BACKWARD_LAUNCH`).
+Used by the sm_90 compile tests and by `experiments/bench/triton_regs.py`, which compares launch
+configurations against `gla.triton.DEFAULT_LAUNCH`.
 """
 
 from __future__ import annotations
