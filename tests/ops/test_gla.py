@@ -117,6 +117,29 @@ def compare(
         assert rel_err(a, b) < tol, (f"grad {name}", rel_err(a, b))
 
 
+def check_inference_forward(
+    inputs: dict, implementation: str, states: str, *, tol: float = FP32_TOL, **kwargs
+) -> None:
+    """A kernel's forward when not differentiated: the oracle's outputs (within tol), the
+    differentiated forward's bit for bit, and no chunk-state kernel output of type `states`
+    (e.g. 'f32[4,4,16,16]') in its jaxpr, while the differentiated one has it."""
+    args = [inputs[n] for n in "qkvg"]
+    kwargs = dict(initial_state=inputs["initial_state"], output_final_state=True, **kwargs)
+
+    def run(q, k, v, g):
+        return gla(q, k, v, g, implementation=implementation, **kwargs)
+
+    o, S = jax.jit(run)(*args)
+    o_ref, S_ref = gla(*args, initial_state=inputs["initial_state"], output_final_state=True,
+                       implementation="reference")  # fmt: skip
+    assert rel_err(o, o_ref) < tol and rel_err(S, S_ref) < tol
+    (o_diff, S_diff), _ = jax.vjp(run, *args)
+    np.testing.assert_array_equal(np.asarray(o, np.float32), np.asarray(o_diff, np.float32))
+    np.testing.assert_array_equal(S, S_diff)
+    assert states not in str(jax.make_jaxpr(run)(*args))
+    assert states in str(jax.make_jaxpr(lambda *a: jax.vjp(run, *a))(*args))
+
+
 FORMS = ["xla", "associative_scan"]
 GATES = [None, "scalar", "vector"]
 
