@@ -1,6 +1,6 @@
 """Which implementation the engines run inside a model, per engine.
 
-    with use_implementations({"gla": "mosaic_gpu", "delta": "pallas_gpu"}):
+    with use_implementations({"gla": "pallas_mosaic_gpu", "delta": "pallas_triton"}):
         logits = model(tokens)        # every whole-sequence engine call picks its kernel
 
 `ModelConfig.implementations` sets this for the LM (`--config.model.implementations.gla=...`).

@@ -6,7 +6,7 @@ import jax
 
 from linmix.ops.attention.reference import attention_reference
 from linmix.ops.attention.xla import attention_xla
-from linmix.ops.checks import check_segment_ids, check_segment_order
+from linmix.ops.common.checks import check_segment_ids, check_segment_order
 
 IMPLEMENTATIONS = ("xla", "reference")
 

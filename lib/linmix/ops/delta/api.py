@@ -5,40 +5,61 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.checks import (
+from linmix.ops.common import contract
+from linmix.ops.common.checks import (
     check_chunk_size,
     check_float_state,
     check_nonpositive,
     check_segment_ids,
     check_segment_order,
 )
-from linmix.ops.delta import pallas_gpu, pallas_tpu, reference, xla
+from linmix.ops.common.contract import Capabilities, Tolerance
+from linmix.ops.delta import pallas_mosaic_tpu, pallas_triton, reference, xla
 from linmix.ops.delta.normalize import l2_normalize
-from linmix.ops.gla.api import default_implementation
 
-IMPLEMENTATIONS = ("xla", "reference", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton")
+_GATES = ("none", "scalar")
+_16BIT = ("bfloat16", "float16")
+_16BIT_TOL = {d: Tolerance(1e-2, 1e-2) for d in _16BIT}
+# Every implementation of engine Δ and what it supports (the kernel contract). The Mosaic GPU
+# and jax_triton forms run q, k, W and U in v's dtype, so q and k may differ from it.
+CAPABILITIES = {
+    "xla_chunked": Capabilities(gates=_GATES, normalize=False),
+    "reference": Capabilities(gates=_GATES, normalize=False),
+    "pallas_mosaic_tpu": Capabilities(
+        gates=_GATES, normalize=False, kernel=True, native=("tpu",)
+    ),
+    "pallas_triton": Capabilities(gates=_GATES, normalize=False, kernel=True, native=("gpu",)),
+    "pallas_mosaic_gpu": Capabilities(
+        dtypes=_16BIT, gates=_GATES, normalize=False, max_key_dim=128, chunk_sizes=(64,),
+        kernel=True, native=("gpu",), tolerance=_16BIT_TOL,
+    ),
+    "jax_triton": Capabilities(
+        gates=_GATES, normalize=False, max_key_dim=256, kernel=True, native=("gpu",),
+        tolerance={"float32": Tolerance(1e-4, 1e-4), **_16BIT_TOL},
+    ),
+}  # fmt: skip
+IMPLEMENTATIONS = tuple(CAPABILITIES)
 _FORMS = {
-    "xla": xla.delta_rule_chunked,
+    "xla_chunked": xla.delta_rule_chunked,
     "reference": reference.delta_rule_reference,
-    "pallas_tpu": pallas_tpu.delta_rule_pallas_tpu,
-    "pallas_gpu": pallas_gpu.delta_rule_pallas_gpu,
-    "mosaic_gpu": lambda *a, **kw: _mosaic_gpu()(*a, **kw),
-    "triton": lambda *a, **kw: _triton()(*a, **kw),
+    "pallas_mosaic_tpu": pallas_mosaic_tpu.delta_rule_pallas_mosaic_tpu,
+    "pallas_triton": pallas_triton.delta_rule_pallas_triton,
+    "pallas_mosaic_gpu": lambda *a, **kw: _pallas_mosaic_gpu()(*a, **kw),
+    "jax_triton": lambda *a, **kw: _jax_triton()(*a, **kw),
 }
-
-_KERNELS = ("pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton")
-
-
-def _mosaic_gpu():
-    from linmix.ops.delta.mosaic_gpu import delta_rule_mosaic_gpu  # Mosaic GPU loads on demand
-
-    return delta_rule_mosaic_gpu
+DEFAULT_IMPLEMENTATION = {"tpu": "pallas_mosaic_tpu"}
 
 
-def _triton():
-    from linmix.ops.delta.triton import delta_rule_triton  # Triton loads on demand
+def _pallas_mosaic_gpu():
+    from linmix.ops.delta.pallas_mosaic_gpu import delta_rule_pallas_mosaic_gpu  # Mosaic GPU
 
-    return delta_rule_triton
+    return delta_rule_pallas_mosaic_gpu
+
+
+def _jax_triton():
+    from linmix.ops.delta.jax_triton import delta_rule_jax_triton  # Triton loads on demand
+
+    return delta_rule_jax_triton
 
 
 def delta_rule(
@@ -56,7 +77,7 @@ def delta_rule(
     use_qk_l2norm: bool = False,
     implementation: str | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Gated delta rule, row convention (MIXERS.md §2.6, §2.7):
+    """Gated delta rule, row convention (docs/engines.md):
 
         S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t,  o_t = scale * q_t S_t.
 
@@ -74,28 +95,36 @@ def delta_rule(
       chunk_size: chunk length of the chunked algorithm; a positive power of two.
       use_qk_l2norm: L2-normalise q and k over K (in fp32, differentiably) before anything else,
         as DeltaNet and Gated DeltaNet do.
-      implementation: None (the backend's best, `linmix.ops.gla.default_implementation`), 'xla'
-        (chunked WY / UT form; custom backward that stores no per-token state), 'pallas_tpu' /
-        'pallas_gpu' (the chunked form as fused Pallas kernels, forward and backward; interpret
-        mode on CPU), 'mosaic_gpu' (WY transform in XLA, the state recurrence in the Mosaic GPU
-        kernels of engine L; bf16 / f16 v, no or scalar gates), 'triton' (the same on engine L's
-        Triton kernels through jax_triton; Triton's interpreter on CPU) or 'reference'
-        (per-token scan).
+      implementation: None (the backend's best: `DEFAULT_IMPLEMENTATION`, else 'xla_chunked'),
+        'xla_chunked' (chunked WY / UT form; custom backward that stores no per-token state),
+        'pallas_mosaic_tpu' / 'pallas_triton' (the chunked form as fused Pallas kernels lowered
+        to Mosaic TPU / to Triton, forward and backward; interpret mode on CPU),
+        'pallas_mosaic_gpu' (WY transform in XLA, the state recurrence in the Mosaic GPU
+        kernels; bf16 / f16 v, K <= 128), 'jax_triton' (the same on the jax_triton kernels;
+        Triton's interpreter on CPU) or 'reference' (per-token scan). `CAPABILITIES` declares
+        what each supports; a call outside it is a ValueError naming the missing capability.
 
     Returns:
       (o, final_state): o [B, T, H, V] in q.dtype; final_state [B, H, K, V] fp32, or None when
       output_final_state is False.
     """
-    impl = default_implementation() if implementation is None else implementation
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
     _validate(q, k, v, beta, g, initial_state, segment_ids, chunk_size)
+    request = contract.Request(
+        # the 16-bit kernels use q, k in v's dtype: v's dtype is what they must support
+        dtypes=(contract.dtype_name(v),),
+        gate=contract.gate_kind(g),
+        segments=segment_ids is not None,
+        states=initial_state is not None or output_final_state,
+        key_dim=q.shape[-1],
+        value_dim=v.shape[-1],
+    )
+    impl = contract.select("delta", CAPABILITIES, implementation, request, DEFAULT_IMPLEMENTATION)
     out_dtype = q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if use_qk_l2norm:
         q, k = l2_normalize(q), l2_normalize(k)
     extra = {} if impl == "reference" else {"chunk_size": chunk_size}
-    if impl in _KERNELS:  # on a CPU backend: interpret mode
+    if CAPABILITIES[impl].kernel:  # on a CPU backend: interpret mode
         extra["interpret"] = jax.default_backend() == "cpu"
     o_BTHV, S_BHKV = _FORMS[impl](
         q,

@@ -41,8 +41,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from linmix.ops.common.chunks import Masks, spread, to_chunks, within_chunk_sum
 from linmix.ops.delta.triangular import unit_lower_inverse
-from linmix.ops.gla.chunks import Masks, spread, to_chunks, within_chunk_sum
 
 _F32 = jnp.float32
 

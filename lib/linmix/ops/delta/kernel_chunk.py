@@ -1,5 +1,5 @@
 """One chunk of the (gated) delta rule on 2-D tiles, forward and backward: the body of the
-Pallas kernels (`linmix.ops.pallas`), which carry the state from chunk to chunk.
+Pallas kernel runners (`linmix.ops.kernels`), which carry the state from chunk to chunk.
 
 The forward is the WY / UT form of `chunks.py` (MIXERS.md §1.5) for one chunk and a known
 entering state S:
@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from linmix.ops.gla.chunks import _masked_exp
-from linmix.ops.gla.kernel_chunk import _strict_mask, _tri, dot
-from linmix.ops.pallas.layout import Chunk, Grads, Seg
+from linmix.ops.common.chunks import masked_exp
+from linmix.ops.common.layout import Chunk, Grads, Seg
+from linmix.ops.common.tiles import dot, strict_mask, tri
 
 _F32 = jnp.float32
 
@@ -68,17 +68,17 @@ _inverse_diff.defvjp(_inverse_fwd, _inverse_bwd)
 def _chunk(q, k, v, beta, g, g_row, S, seg: Seg | None, inverse):
     """(o unscaled [C, V], S_next [K, V]) of one chunk; see the module docstring."""
     C = q.shape[0]
-    strict = _strict_mask(C, seg)
+    strict = strict_mask(C, seg)
     eye = (lax.broadcasted_iota(jnp.int32, (C, C), 0) == lax.broadcasted_iota(
         jnp.int32, (C, C), 1)).astype(_F32)  # fmt: skip
     if g is None:
         gamma = strict.astype(_F32)
         q_decay, k_decay, k_end, a = q, k, k, jnp.ones((1, 1), _F32)
     else:
-        b = dot(_tri(C, "incl"), g, exact=True)
-        b_row = dot(g_row, _tri(C, "incl"), tb=True, exact=True)
-        to_end = dot(_tri(C, "after"), g, exact=True)
-        gamma = _masked_exp(b - b_row, strict)
+        b = dot(tri(C, "incl"), g, exact=True)
+        b_row = dot(g_row, tri(C, "incl"), tb=True, exact=True)
+        to_end = dot(tri(C, "after"), g, exact=True)
+        gamma = masked_exp(b - b_row, strict)
         q_decay, k_decay, k_end = q * jnp.exp(b), k * jnp.exp(b), k * jnp.exp(to_end)
         a = jnp.exp(dot(jnp.ones((1, C), _F32), g, exact=True))
     if seg is not None:
@@ -102,7 +102,7 @@ def _as_column(row: jax.Array) -> jax.Array:
 
 
 class ChunkMath(NamedTuple):
-    """The per-chunk math the kernel runners (`linmix.ops.pallas`) call."""
+    """The per-chunk math the kernel runners (`linmix.ops.kernels`) call."""
 
     def forward(self, c: Chunk, S: jax.Array) -> tuple[jax.Array, jax.Array]:
         args = _fp32(c)

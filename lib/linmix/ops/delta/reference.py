@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.gla.reference import segment_starts
+from linmix.ops.common.chunks import segment_starts
 
 _F32 = jnp.float32
 _HIGHEST = jax.lax.Precision.HIGHEST

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.checks import check_nonpositive
+from linmix.ops.common.checks import check_nonpositive
 from linmix.ops.delta.normalize import l2_normalize
 
 _F32 = jnp.float32

@@ -30,8 +30,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from linmix.ops.common.chunks import chunk_length, from_chunks, segment_masks, to_chunks
 from linmix.ops.delta import chunks
-from linmix.ops.gla.chunks import chunk_length, from_chunks, segment_masks, to_chunks
 
 _F32 = jnp.float32
 

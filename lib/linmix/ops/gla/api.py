@@ -5,48 +5,65 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.checks import (
+from linmix.ops.common import contract
+from linmix.ops.common.checks import (
     check_chunk_size,
     check_nonpositive,
     check_segment_ids,
     check_segment_order,
 )
-from linmix.ops.gla import features, pallas_gpu, pallas_tpu, reference, scan, xla
+from linmix.ops.common.contract import Capabilities, Tolerance
+from linmix.ops.gla import features, pallas_mosaic_tpu, pallas_triton, reference, scan, xla
 
-IMPLEMENTATIONS = (
-    "xla", "associative_scan", "reference", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton",
-)  # fmt: skip
+_16BIT = ("bfloat16", "float16")
+# Every implementation of engine L and what it supports (the kernel contract).
+CAPABILITIES = {
+    "xla_chunked": Capabilities(bidirectional=True),
+    "associative_scan": Capabilities(bidirectional=True),
+    "reference": Capabilities(bidirectional=True),
+    "pallas_mosaic_tpu": Capabilities(bidirectional=True, kernel=True, native=("tpu",)),
+    "pallas_triton": Capabilities(bidirectional=True, kernel=True, native=("gpu",)),
+    "pallas_mosaic_gpu": Capabilities(
+        dtypes=_16BIT, mixed_dtypes=False, bidirectional=True, max_key_dim=128,
+        chunk_sizes=(64,), kernel=True, native=("gpu",),
+        tolerance={d: Tolerance(1e-2, 1e-2) for d in _16BIT},
+    ),
+    "jax_triton": Capabilities(
+        mixed_dtypes=False, bidirectional=True, max_key_dim=256, kernel=True, native=("gpu",),
+        tolerance={"float32": Tolerance(1e-4, 1e-4), **{d: Tolerance(1e-2, 1e-2) for d in _16BIT}},
+    ),
+}  # fmt: skip
+IMPLEMENTATIONS = tuple(CAPABILITIES)
 _CAUSAL_FORMS = {
-    "xla": xla.gla_chunked,
+    "xla_chunked": xla.gla_chunked,
     "associative_scan": scan.gla_associative_scan,
     "reference": reference.gla_reference,
-    "pallas_tpu": pallas_tpu.gla_pallas_tpu,
-    "pallas_gpu": pallas_gpu.gla_pallas_gpu,
-    "mosaic_gpu": lambda *a, **kw: _mosaic_gpu()(*a, **kw),
-    "triton": lambda *a, **kw: _triton()(*a, **kw),
+    "pallas_mosaic_tpu": pallas_mosaic_tpu.gla_pallas_mosaic_tpu,
+    "pallas_triton": pallas_triton.gla_pallas_triton,
+    "pallas_mosaic_gpu": lambda *a, **kw: _pallas_mosaic_gpu()(*a, **kw),
+    "jax_triton": lambda *a, **kw: _jax_triton()(*a, **kw),
 }
-_CHUNKED = ("xla", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton")
-_KERNELS = ("pallas_tpu", "pallas_gpu", "mosaic_gpu", "triton")
 # What implementation=None runs on each backend. The GPU kernels are opt-in (implementation=
-# "pallas_gpu" / "mosaic_gpu" / "triton") until `pytest -m gpu` has passed on the hardware in use.
-DEFAULT_IMPLEMENTATION = {"tpu": "pallas_tpu"}
+# "pallas_triton" / "pallas_mosaic_gpu" / "jax_triton") until `pytest -m gpu` has passed on the
+# hardware in use.
+DEFAULT_IMPLEMENTATION = {"tpu": "pallas_mosaic_tpu"}
 
 
-def _mosaic_gpu():
-    from linmix.ops.gla.mosaic_gpu import gla_mosaic_gpu  # Mosaic GPU modules load on demand
+def _pallas_mosaic_gpu():
+    from linmix.ops.gla.pallas_mosaic_gpu import gla_pallas_mosaic_gpu  # loads Mosaic GPU
 
-    return gla_mosaic_gpu
+    return gla_pallas_mosaic_gpu
 
 
-def _triton():
-    from linmix.ops.gla.triton import gla_triton  # Triton loads on demand
+def _jax_triton():
+    from linmix.ops.gla.jax_triton import gla_jax_triton  # Triton loads on demand
 
-    return gla_triton
+    return gla_jax_triton
 
 
 def default_implementation(backend: str | None = None) -> str:
     """The implementation `implementation=None` selects on `backend` (default: JAX's)."""
-    return DEFAULT_IMPLEMENTATION.get(backend or jax.default_backend(), "xla")
+    return DEFAULT_IMPLEMENTATION.get(backend or jax.default_backend(), "xla_chunked")
 
 
 def gla(
@@ -84,24 +101,34 @@ def gla(
       causal: False gives the bidirectional form, where query t sees every key s of its segment
         with weight prod of a_j over the tokens strictly after min(s, t) up to max(s, t).
       chunk_size: chunk length of the chunked algorithm; a positive power of two.
-      implementation: None (the backend's best: `default_implementation()`), 'xla' (chunked,
-        custom backward that stores no per-token state), 'pallas_tpu' / 'pallas_gpu' (the
-        chunked form as fused Pallas kernels, forward and backward; interpret mode on CPU),
-        'mosaic_gpu' (Mosaic GPU kernels, forward and backward, wgmma products: bf16 / f16
-        q, k, v, no or scalar gates; Pallas' GPU interpreter on CPU), 'triton' (Triton
-        kernels through jax_triton, forward and backward: bf16 / f16 / fp32, per-channel gates
-        as a kernel state pass after XLA's intra-chunk parts; Triton's interpreter on CPU),
-        'associative_scan' (parallel prefix scan over per-token K x V states: small states
-        only, refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan).
+      implementation: None (the backend's best: `default_implementation()`), 'xla_chunked'
+        (chunked XLA, custom backward that stores no per-token state), 'pallas_mosaic_tpu' /
+        'pallas_triton' (the chunked form as fused Pallas kernels lowered to Mosaic TPU / to
+        Triton, forward and backward; interpret mode on CPU), 'pallas_mosaic_gpu' (Pallas
+        lowered to Mosaic GPU, wgmma products: bf16 / f16 q, k, v, K <= 128; per-channel gates
+        as a kernel state pass after XLA's intra-chunk parts; Pallas' GPU interpreter on CPU),
+        'jax_triton' (Triton kernels through jax_triton: bf16 / f16 / fp32, K <= 256; Triton's
+        interpreter on CPU), 'associative_scan' (parallel prefix scan over per-token K x V
+        states: small states only, refused above `scan.MAX_STATE_BYTES`) or 'reference'
+        (per-token scan). `CAPABILITIES` declares what each supports; a call outside it is a
+        ValueError naming the missing capability and the implementations that have it.
 
     Returns:
       (o, final_state): o [B, T, H, V] in q.dtype; final_state [B, H, K, V] fp32, or None when
       output_final_state is False (always None for causal=False).
     """
-    impl = default_implementation() if implementation is None else implementation
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
     _validate(q, k, v, g, initial_state, segment_ids, chunk_size, normalize)
+    request = contract.Request(
+        dtypes=tuple(contract.dtype_name(x) for x in (q, k, v)),
+        gate=contract.gate_kind(g),
+        segments=segment_ids is not None,
+        states=initial_state is not None or output_final_state,
+        bidirectional=not causal,
+        normalize=normalize,
+        key_dim=q.shape[-1],
+        value_dim=v.shape[-1] + int(normalize),
+    )
+    impl = contract.select("gla", CAPABILITIES, implementation, request, DEFAULT_IMPLEMENTATION)
     if not causal and (output_final_state or initial_state is not None):
         raise ValueError(
             "causal=False has no recurrent state: initial_state and output_final_state=True "
@@ -112,8 +139,9 @@ def gla(
     if normalize:
         v = features.with_denominator(v)
     form = _CAUSAL_FORMS[impl]
-    extra = {"chunk_size": chunk_size} if impl in _CHUNKED else {}
-    if impl in _KERNELS:  # a kernel asked for on a CPU backend runs in interpret mode
+    caps = CAPABILITIES[impl]
+    extra = {} if impl in ("reference", "associative_scan") else {"chunk_size": chunk_size}
+    if caps.kernel:  # a kernel asked for on a CPU backend runs in interpret mode
         extra["interpret"] = jax.default_backend() == "cpu"
     if not causal:
         if impl == "reference":

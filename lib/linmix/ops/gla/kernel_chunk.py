@@ -1,5 +1,5 @@
 """One chunk of gated linear attention, forward and backward, on 2-D tiles: the body of the
-Pallas kernels (`linmix.ops.pallas`), which carry the state from chunk to chunk.
+Pallas kernel runners (`linmix.ops.kernels`), which carry the state from chunk to chunk.
 
 Notation (MIXERS.md §1.4): a chunk holds C tokens; q, k [C, K], v [C, V], log-gates g [C, X]
 (X = 1 scalar, X = K per channel; no gate is g = None); S [K, V] the state entering the chunk,
@@ -29,34 +29,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from linmix.ops.gla.chunks import _masked_exp
-from linmix.ops.pallas.layout import Chunk, Grads, Seg
+from linmix.ops.common.chunks import masked_exp
+from linmix.ops.common.layout import Chunk, Grads, Seg
+from linmix.ops.common.tiles import dot, iota, strict_mask, tri
 
 _F32 = jnp.float32
 SUBCHUNK = 16
 
 
-def dot(a: jax.Array, b: jax.Array, *, ta: bool = False, tb: bool = False, exact: bool = False):
-    """a @ b with a and/or b transposed, fp32 accumulation; `exact` asks for full fp32 passes
-    (cumulative sums of gates)."""
-    dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
-    precision = lax.Precision.HIGHEST if exact else None
-    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=_F32)
-
-
-def _iota(C: int, D: int | None = None) -> tuple[jax.Array, jax.Array]:
-    shape = (C, C if D is None else D)
-    return lax.broadcasted_iota(jnp.int32, shape, 0), lax.broadcasted_iota(jnp.int32, shape, 1)
-
-
-def _tri(C: int, pattern: str) -> jax.Array:
-    """0/1 [C, C]: 'incl' s <= r, 'strict' s < r, 'after' s > r (row r, column s)."""
-    r, s = _iota(C)
-    return {"incl": s <= r, "strict": s < r, "after": s > r}[pattern].astype(_F32)
-
-
 class ChunkMath(NamedTuple):
-    """The per-chunk math the kernel runners (`linmix.ops.pallas`) call; `subchunk` is the
+    """The per-chunk math the kernel runners (`linmix.ops.kernels`) call; `subchunk` is the
     sub-chunk length for per-channel gates (a chunk of its own length: no secondary chunking)."""
 
     subchunk: int = SUBCHUNK
@@ -87,8 +69,8 @@ def _gate(g: jax.Array | None, K: int, seg: Seg | None) -> _Gate:
         one = jnp.ones((1, 1), _F32) * keeps
         return _Gate(0.0, 0.0, one, one)
     C = g.shape[0]
-    b = dot(_tri(C, "incl"), g, exact=True)
-    e = dot(_tri(C, "after"), g, exact=True)
+    b = dot(tri(C, "incl"), g, exact=True)
+    e = dot(tri(C, "after"), g, exact=True)
     total_col = dot(g, jnp.ones((C, 1), _F32), ta=True, exact=True)  # [X, 1]
     total_row = dot(jnp.ones((1, C), _F32), g, exact=True)  # [1, X]
     return _Gate(b, e, jnp.exp(total_col) * keeps, jnp.exp(total_row) * keeps)
@@ -103,19 +85,13 @@ def _io_decays(q, k, gate: _Gate, seg: Seg | None):
     return qd, kd
 
 
-def _strict_mask(C: int, seg: Seg | None) -> jax.Array:
-    r, s = _iota(C)
-    mask = s < r
-    return mask if seg is None else mask & (seg.col == seg.row)
-
-
 def _scalar_decay(g_row: jax.Array | None, b: jax.Array | float, mask: jax.Array) -> jax.Array:
     """exp(b_r - b_s) on strict same-segment pairs, else 0 (the mask itself without a gate)."""
     if g_row is None:
         return mask.astype(_F32)
     C = mask.shape[0]
-    b_row = dot(g_row, _tri(C, "incl"), tb=True, exact=True)  # [1, C]
-    return _masked_exp(b - b_row, mask)
+    b_row = dot(g_row, tri(C, "incl"), tb=True, exact=True)  # [1, C]
+    return masked_exp(b - b_row, mask)
 
 
 def _forward(q, k, v, g, g_row, S, seg: Seg | None, subchunk: int):
@@ -127,7 +103,7 @@ def _forward(q, k, v, g, g_row, S, seg: Seg | None, subchunk: int):
     if g is not None and g.shape[1] > 1:
         o = o + _vector_pairs_forward(q, k, v, gate.b, g.astype(_F32), seg, subchunk)
     else:
-        mask = _strict_mask(q.shape[0], seg)
+        mask = strict_mask(q.shape[0], seg)
         decay = _scalar_decay(None if g_row is None else g_row.astype(_F32), gate.b, mask)
         o = o + dot(dot(q, k, tb=True) * decay, v)
     return o, gate.a_col * S + dot(kd, v, ta=True)
@@ -155,7 +131,7 @@ def _backward(q, k, v, g, g_row, S, lam, do, seg: Seg | None, subchunk: int):
         pairs = _vector_pairs_backward(q, k, v, do, gate.b, g, seg, subchunk)
         dq_strict, dk_strict, dv_pairs = pairs
     else:
-        mask = _strict_mask(q.shape[0], seg)
+        mask = strict_mask(q.shape[0], seg)
         decay = _scalar_decay(None if g_row is None else g_row.astype(_F32), gate.b, mask)
         w = dot(do, v, tb=True) * decay
         dq_strict, dk_strict = dot(w, k), dot(w, q, ta=True)
@@ -178,8 +154,8 @@ def _backward(q, k, v, g, g_row, S, lam, do, seg: Seg | None, subchunk: int):
         if X == 1:
             da_row = jnp.sum(da_row, axis=1, keepdims=True)
         dg = (
-            dot(_tri(C, "incl"), from_end, ta=True, exact=True)
-            + dot(_tri(C, "strict"), from_start, exact=True)
+            dot(tri(C, "incl"), from_end, ta=True, exact=True)
+            + dot(tri(C, "strict"), from_start, exact=True)
             + gate.a_row * da_row
         )
     return dq, dk, dv, dg, lam_prev
@@ -198,7 +174,7 @@ def _sub(g: jax.Array, b: jax.Array, subchunk: int) -> _Sub:
     c = min(subchunk, C)
     if c == C:  # one sub-chunk: b itself, no reference point (and no value slicing)
         return _Sub(C, b, jnp.zeros_like(b))
-    r, s = _iota(C)
+    r, s = iota(C)
     block_incl = ((s <= r) & (lax.div(s, c) == lax.div(r, c))).astype(_F32)
     loc = dot(block_incl, g, exact=True)
     return _Sub(c, loc, b - loc)
@@ -207,11 +183,11 @@ def _sub(g: jax.Array, b: jax.Array, subchunk: int) -> _Sub:
 def _diag_block(q_i, k_i, loc_i, col_i):
     """Strict pairs inside one sub-chunk: the [c, c, K] decay tensor and the [c, c] mask."""
     c = q_i.shape[0]
-    r, s = _iota(c)
+    r, s = iota(c)
     mask3 = (s < r)[:, :, None]
     if col_i is not None:
         mask3 = mask3 & (col_i[:, None, :] == col_i[None, :, :])
-    E = _masked_exp(loc_i[:, None, :] - loc_i[None, :, :], mask3)
+    E = masked_exp(loc_i[:, None, :] - loc_i[None, :, :], mask3)
     return E, mask3[:, :, 0]
 
 
@@ -221,12 +197,12 @@ def _earlier_keys(k, b, sub: _Sub, i: int):
     start = i * sub.c
     rows = lax.broadcasted_iota(jnp.int32, (C, 1), 0) < start
     rho = sub.rho[start : start + 1, :]
-    return k * _masked_exp(rho - b, rows)
+    return k * masked_exp(rho - b, rows)
 
 
 def _off_mask(c: int, C: int, i: int, seg: Seg | None):
     """[c, C] mask of the keys before sub-chunk i in the queries' segment (queries of rows i)."""
-    _, s = _iota(c, C)
+    _, s = iota(c, C)
     mask = s < i * c
     if seg is not None:
         mask = mask & (seg.col[i * c : (i + 1) * c] == seg.row)

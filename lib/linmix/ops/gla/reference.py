@@ -13,6 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from linmix.ops.common.chunks import segment_starts
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -24,15 +26,6 @@ def expand_gate(g: jax.Array | None, shape_BTHK: tuple[int, int, int, int]) -> j
     if g.ndim == 3:
         g = g[..., None]
     return jnp.broadcast_to(g, shape_BTHK)
-
-
-def segment_starts(segment_ids_BT: jax.Array | None, batch: int, length: int) -> jax.Array:
-    """[B, T] bool, True where a token starts a new segment (never at t=0: the initial state
-    belongs to the first segment)."""
-    if segment_ids_BT is None:
-        return jnp.zeros((batch, length), bool)
-    changes_BT = segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]
-    return jnp.concatenate([jnp.zeros((batch, 1), bool), changes_BT], axis=1)
 
 
 def gla_reference(

@@ -15,8 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.gla.chunks import gate_BTHX
-from linmix.ops.gla.reference import segment_starts
+from linmix.ops.common.chunks import gate_BTHX, segment_starts
 
 _F32 = jnp.float32
 MAX_STATE_BYTES = 1 << 30
@@ -30,7 +29,7 @@ def check_fits(q_shape: tuple[int, ...], V: int) -> None:
             f"implementation='associative_scan' stores one K x V state per token: B*T*H*K*V*4 = "
             f"{need / 2**30:.2f} GiB for q {tuple(q_shape)} and V={V}, over the "
             f"{MAX_STATE_BYTES / 2**30:.0f} GiB limit (linmix.ops.gla.scan.MAX_STATE_BYTES); "
-            f"use implementation='xla' (chunked), which stores one state per chunk"
+            f"use implementation='xla_chunked', which stores one state per chunk"
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.checks import check_nonpositive
+from linmix.ops.common.checks import check_nonpositive
 from linmix.ops.gla import features
 
 _F32 = jnp.float32

@@ -29,6 +29,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from linmix.ops.common.chunks import (
+    chunk_inputs,
+    chunk_length,
+    from_chunks,
+    gate_BTHX,
+    segment_masks,
+    to_chunks,
+)
 from linmix.ops.gla import chunks
 
 _F32 = jnp.float32
@@ -48,10 +56,10 @@ def gla_chunked(
     """Causal chunked form. Returns (o [B, T, H, V] fp32, final state [B, H, K, V] fp32)."""
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
-    g_BTHX = None if g is None else chunks.gate_BTHX(g, q_BTHK.shape)
+    g_BTHX = None if g is None else gate_BTHX(g, q_BTHK.shape)
     if initial_state is None:
         initial_state = jnp.zeros((B, H, K, V), _F32)
-    C = chunks.chunk_length(T, chunk_size)
+    C = chunk_length(T, chunk_size)
     return _chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHX, initial_state, segment_ids, scale, C)
 
 
@@ -65,13 +73,13 @@ def _chunked_fwd(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
     in the backward) and the intra-chunk residuals of `jax.vjp`, O(T * C) per head. A vector gate
     would add its [c, c, K] decay tensors, so then only the chunked inputs are kept and the
     intra-chunk terms are recomputed in the backward."""
-    x = chunks.chunk_inputs(q_BTHK, k_BTHK, v_BTHV, g_BTHX, C)
-    masks = chunks.segment_masks(seg_BT, C)
+    x = chunk_inputs(q_BTHK, k_BTHK, v_BTHV, g_BTHX, C)
+    masks = segment_masks(seg_BT, C)
     terms, terms_vjp = jax.vjp(lambda x: chunks.chunk_terms(x, masks), x)
     S_BHNKV, S_final_BHKV = _chunk_states(terms.a_BHNX, terms.dS_BHNKV, S0_BHKV.astype(_F32))
     o_inter_BHNCV = jnp.einsum("bhnck,bhnkv->bhncv", terms.q_decay_BHNCK, S_BHNKV)
     o_BHNCV = scale * (terms.o_intra_BHNCV + o_inter_BHNCV)
-    out = chunks.from_chunks(o_BHNCV, q_BTHK.shape[1]), S_final_BHKV
+    out = from_chunks(o_BHNCV, q_BTHK.shape[1]), S_final_BHKV
     dtypes = tuple(jnp.zeros((), x.dtype) for x in (q_BTHK, k_BTHK, v_BTHV, S0_BHKV))
     gate_dtype = None if g_BTHX is None else jnp.zeros((), g_BTHX.dtype)
     saved = (x, masks) if g_BTHX is not None and g_BTHX.shape[-1] > 1 else terms_vjp
@@ -90,7 +98,7 @@ def _chunked_bwd(scale, C, residuals, cotangents):
     do_BTHV, dS_final_BHKV = cotangents
     S_BHNKV, _ = _chunk_states(a_BHNX, dS_BHNKV, S0_BHKV.astype(_F32))
 
-    do_BHNCV = scale * chunks.to_chunks(do_BTHV, C)
+    do_BHNCV = scale * to_chunks(do_BTHV, C)
     # Gradient reaching S_[n] through chunk n's own outputs, then the adjoint recurrence.
     dS_own_BHNKV = jnp.einsum("bhnck,bhncv->bhnkv", q_decay_BHNCK, do_BHNCV)
 
@@ -117,9 +125,9 @@ def _chunked_bwd(scale, C, residuals, cotangents):
     (dx,) = terms_vjp(d_terms)
     T = do_BTHV.shape[1]
     dq, dk, dv = (
-        chunks.from_chunks(d, T).astype(p.dtype) for d, p in zip(dx[:3], dtypes[:3], strict=True)
+        from_chunks(d, T).astype(p.dtype) for d, p in zip(dx[:3], dtypes[:3], strict=True)
     )
-    dg = None if gate_dtype is None else chunks.from_chunks(dx[3], T).astype(gate_dtype.dtype)
+    dg = None if gate_dtype is None else from_chunks(dx[3], T).astype(gate_dtype.dtype)
     return dq, dk, dv, dg, lam0_BHKV.astype(dtypes[3].dtype), None
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.checks import (
+from linmix.ops.common import contract
+from linmix.ops.common.checks import (
     check_chunk_size,
     check_float_state,
     check_nonpositive,
@@ -14,9 +15,15 @@ from linmix.ops.checks import (
 )
 from linmix.ops.ssm import chunked, common, reference, scan
 
-IMPLEMENTATIONS = ("chunked", "associative_scan", "reference")
+# Every form of the selective scan and what it supports (per-element decays: gate "vector").
+CAPABILITIES = {
+    "xla_chunked": contract.Capabilities(normalize=False),
+    "associative_scan": contract.Capabilities(normalize=False),
+    "reference": contract.Capabilities(normalize=False),
+}
+IMPLEMENTATIONS = tuple(CAPABILITIES)
 _FORMS = {
-    "chunked": chunked.selective_scan_chunked,
+    "xla_chunked": chunked.selective_scan_chunked,
     "associative_scan": scan.selective_scan_associative,
     "reference": reference.selective_scan_reference,
 }
@@ -61,8 +68,8 @@ def selective_scan(
       segment_ids: [B, T] integers, non-decreasing along T (packed documents). The state is reset
         to zero wherever the id changes, so tokens only see their own document.
       chunk_size: chunk length of the chunked form; a positive power of two.
-      implementation: None or 'chunked' (default: `lax.scan` over chunks with an associative scan
-        inside each, rematerialised, so the backward keeps one state per chunk),
+      implementation: None or 'xla_chunked' (default: `lax.scan` over chunks with an associative
+        scan inside each, rematerialised, so the backward keeps one state per chunk),
         'associative_scan' (one parallel prefix scan over per-token states: small problems only,
         refused above `scan.MAX_STATE_BYTES`) or 'reference' (per-token scan, the oracle).
         The first two define reverse-mode gradients only (a custom VJP of the linear
@@ -72,14 +79,18 @@ def selective_scan(
       (y, final_state): y [B, T, Dc] in x.dtype (all math in fp32); final_state [B, Dc, N] fp32,
       or None when output_final_state is False.
     """
-    impl = "chunked" if implementation is None else implementation
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
     _validate(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, chunk_size)
+    request = contract.Request(
+        dtypes=(contract.dtype_name(x),),
+        gate="vector",
+        segments=segment_ids is not None,
+        states=initial_state is not None or output_final_state,
+    )
+    impl = contract.select("ssm", CAPABILITIES, implementation, request, {})
     Bt, T, Dc = x.shape
     if initial_state is None:
         initial_state = jnp.zeros((Bt, Dc, A.shape[1]), common.F32)
-    extra = {"chunk_size": chunk_size} if impl == "chunked" else {}
+    extra = {"chunk_size": chunk_size} if impl == "xla_chunked" else {}
     y_BTD, h_BDN = _FORMS[impl](
         x,
         common.delta(dt, dt_bias, dt_softplus),

@@ -21,6 +21,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from linmix.ops.common.chunks import segment_starts  # noqa: F401  (re-exported for the ssm forms)
+
 F32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -71,15 +73,6 @@ def finish(
 def grouped(B: jax.Array, x: jax.Array) -> jax.Array:
     """B or C as [..., G, N]: ungrouped [..., N] (the rank of x) becomes one group [..., 1, N]."""
     return B[..., None, :] if B.ndim == x.ndim else B
-
-
-def segment_starts(segment_ids_BT: jax.Array | None, batch: int, length: int) -> jax.Array:
-    """[B, T] bool, True where a token opens a new segment. Never at t = 0: the initial state
-    belongs to the first segment."""
-    if segment_ids_BT is None:
-        return jnp.zeros((batch, length), bool)
-    changes_BT = segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]
-    return jnp.concatenate([jnp.zeros((batch, 1), bool), changes_BT], axis=1)
 
 
 def _lead(p: jax.Array, ndim: int) -> jax.Array:

@@ -38,7 +38,7 @@ def check_fits(x_shape: tuple[int, ...], N: int) -> None:
             f"implementation='associative_scan' stores one D x N state per token: B*T*D*N*4 = "
             f"{need / 2**30:.2f} GiB for x {tuple(x_shape)} and N={N}, over the "
             f"{MAX_STATE_BYTES / 2**30:.0f} GiB limit (linmix.ops.ssm.scan.MAX_STATE_BYTES); "
-            f"use implementation='chunked', which stores one state per chunk"
+            f"use implementation='xla_chunked', which stores one state per chunk"
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.checks import check_nonpositive
+from linmix.ops.common.checks import check_nonpositive
 from linmix.ops.ssm import common
 
 

@@ -4,17 +4,18 @@ Heads are folded into the batch and time is zero-padded to N * C chunks:
 q, k [BH, Tp, K]; v [BH, Tp, V]; g [BH, Tp, X] (X = 1 scalar, K per channel) or None; g_row
 [BH * N, 1, C] (scalar gates as rows, for pair decays) or None; beta [BH, Tp, 1] or None. The
 segment arrays are per batch row (index bh // H): seg_col [B, Tp, 1] int32, seg_row [B * N, 1, C],
-reads / inlast [B, Tp, 1] fp32 (see `gla.chunks.segment_masks`), or None.
+reads / inlast [B, Tp, 1] fp32 (see `chunks.segment_masks`), or None.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.gla import chunks
+from linmix.ops.common import chunks
 
 _F32 = jnp.float32
 
@@ -51,6 +52,19 @@ class Grads(NamedTuple):
     lam_prev: jax.Array
 
 
+class KernelGrads(NamedTuple):
+    """What every kernel family's backward returns: fp32 gradients in the kernel layout, None
+    for the inputs a call does not have (dw: only with `w`, the delta rule's WY form)."""
+
+    dq: jax.Array
+    dk: jax.Array
+    dv: jax.Array
+    dg: jax.Array | None
+    dbeta: jax.Array | None
+    dS0: jax.Array
+    dw: jax.Array | None = None
+
+
 class Inputs(NamedTuple):
     q: jax.Array
     k: jax.Array
@@ -63,7 +77,7 @@ class Inputs(NamedTuple):
     reads: jax.Array | None
     inlast: jax.Array | None
     heads: int
-    w: jax.Array | None = None  # [BH, Tp, K]: the delta rule's W (u = v - W S), Mosaic GPU only
+    w: jax.Array | None = None  # [BH, Tp, K]: the delta rule's W (u = v - W S)
 
     def token_arrays(self) -> list[jax.Array]:
         """The per-head [BH, Tp, D] arrays, in the order kernels read them."""
@@ -106,7 +120,25 @@ def prepare(q, k, v, g_BTHX, segment_ids, C: int, beta_BTH=None, w_BTHK=None) ->
     return Inputs(fold(q, C), fold(k, C), fold(v, C), g, g_row, beta, *seg, heads=H, w=w)
 
 
-# Per-token decay rows for the kernels that take b, qs, ks outside (Mosaic GPU, Triton).
+# Tiles of the Triton-dialect kernels (Pallas with the Triton lowering, and jax_triton): dot dims
+# below 16 are silently wrong on GPUs and blocks are powers of two.
+MIN_TRITON_DIM = 16
+
+
+def triton_dim(n: int) -> int:
+    """A feature dim padded to a power of two >= MIN_TRITON_DIM (one tile)."""
+    return max(MIN_TRITON_DIM, 1 << max(n - 1, 0).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """Triton launch parameters of a kernel family (ignored in interpret mode)."""
+
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+# Per-token decay rows for the kernels that take b, qs, ks outside (Mosaic GPU, jax_triton).
 
 
 def pad_to(x: jax.Array, axis: int, multiple: int) -> jax.Array:

@@ -1,20 +1,20 @@
 """Triton kernels of chunked gated linear attention (no or scalar gates), forward and backward;
-launched by `gla.triton` through `jax_triton` on a GPU and Triton's interpreter on a CPU.
+launched by `op` through `jax_triton` on a GPU and Triton's interpreter on a CPU.
 
 One program per (batch * head, block of BV value columns) walks the chunks of C tokens with the
 fp32 [K, BV] state (forward) or adjoint (backward) in registers. Per chunk, with the rows
 b (within-chunk cumulative log-decay), qs = exp(b) (0 where a query no longer reads the carried
 state), ks = exp(b_last - b) (0 for keys of a segment closed inside the chunk), the chunk-local
-segment id, and the chunk decay a, all computed outside (`pallas.layout.decay_rows`):
+segment id, and the chunk decay a, all computed outside (`linmix.ops.common.layout.decay_rows`):
 
     D       = exp(b_r - b_s) [s <= r, same segment]         (query r, key s)
     o       = scale * ((q k^T) * D) u + scale * (q * qs) S
     S_next  = a S + (k * ks)^T u,          u = v (gla) or v - w S (the delta rule after WY)
 
-and the backward of `gla.mosaic_gpu_bwd` in two kernels: the query gradient, which needs only the
-state entering each chunk, in parallel over chunks (`gla_bwd_dq_kernel`); the rest walking the
-chunks in reverse with the adjoint (`gla_bwd_kernel`); dq, dk, dw partial per value block,
-per-token sums for the gate gradient. Products take operands in the input dtype (fp32
+and the backward of `pallas_mosaic_gpu.backward` in two kernels: the query gradient, which
+needs only the state entering each chunk, in parallel over chunks (`gla_bwd_dq_kernel`); the
+rest walking the chunks in reverse with the adjoint (`gla_bwd_kernel`); dq, dk, dw partial per
+value block, per-token sums for the gate gradient. Products take operands in the input dtype (fp32
 accumulation; fp32 inputs multiply in IEEE fp32). Tiles: C, K, BV powers of two >= 16.
 """
 

@@ -16,7 +16,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from linmix.ops.pallas.layout import Chunk, Inputs, Seg
+from linmix.ops.common.layout import Chunk, Inputs, KernelGrads, Seg
 
 _F32 = jnp.float32
 
@@ -135,7 +135,7 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math, states: 
 
 
 def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math):
-    """Returns (dq, dk, dv, dg or None, dbeta or None, dS0), fp32, in the kernel layout."""
+    """`layout.KernelGrads`, fp32, in the kernel layout."""
     BH, Tp, K = x.q.shape
     V = x.v.shape[-1]
     specs = _Specs(x, C, rev=True)
@@ -179,11 +179,11 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
     return _with_nones(x, outs)
 
 
-def _with_nones(x: Inputs, outs) -> tuple:
-    """(dq, dk, dv, dg, dbeta, dS0) with None for the inputs the call does not have."""
+def _with_nones(x: Inputs, outs) -> KernelGrads:
+    """The gradients with None for the inputs the call does not have."""
     outs = list(outs)
     dq, dk, dv = outs[:3]
     rest = outs[3:]
     dg = rest.pop(0) if x.g is not None else None
     dbeta = rest.pop(0) if x.beta is not None else None
-    return dq, dk, dv, dg, dbeta, rest[0]
+    return KernelGrads(dq, dk, dv, dg, dbeta, rest[0])

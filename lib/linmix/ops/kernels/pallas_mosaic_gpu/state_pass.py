@@ -1,10 +1,9 @@
-"""Gated linear attention with per-channel gates on Mosaic GPU: the intra-chunk parts in XLA, the
-state pass in Mosaic GPU kernels (forward and backward).
+"""The state pass of per-channel-gated linear attention as Mosaic GPU kernels (forward and
+backward), called by `linmix.ops.gla.state_pass.on_state_pass` after the intra-chunk parts.
 
 Per-channel decays do not factor out of the key sum, so the pair weights P of a chunk need
-secondary chunking (`chunks._intra_vector`); they, the decayed queries and keys and the chunk
-decays a [K] need no state and are computed for all chunks at once in XLA
-(`chunks.chunk_parts`, differentiated by autodiff). What is sequential runs in the kernels, one
+secondary chunking; they, the decayed queries and keys and the chunk decays a [K] need no state
+and are computed for all chunks at once in XLA by the engine. What is sequential runs here, one
 program per (batch * head, block of BLOCK_V value columns), chunks of CHUNK tokens:
 
     o = scale * (qd S + P v),    S' = diag(a) S + kd^T v
@@ -24,44 +23,15 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from linmix.ops.gla import chunks
-from linmix.ops.pallas import layout, mgpu
+from linmix.ops.kernels.pallas_mosaic_gpu import blocks as mgpu
 
 _F32 = jnp.float32
 
 
-def gla_vector_mosaic_gpu(q, k, v, g, *, C, BV, **kwargs):
-    """Causal GLA with g [B, T, H, K]: (o fp32 [B, T, H, V], final state fp32)."""
-    return on_state_pass(_state_pass, q, k, v, g, C=C, BV=BV, k_multiple=64, **kwargs)
-
-
-def on_state_pass(state_pass, q, k, v, g, *, scale, initial_state, segment_ids, interpret, C, BV,
-                  k_multiple):  # fmt: skip
-    """The intra-chunk parts in XLA, then `state_pass(qd, kd, P, v, a, S0, scale, dtype,
-    interpret, C, BV)` on the kernel layout: key dims padded to a multiple of `k_multiple`,
-    value dims to a multiple of BV."""
-    B, T, H, K = q.shape
-    V, dtype = v.shape[-1], q.dtype
-    f32 = (x.astype(_F32) for x in (q, k, v, g))
-    p = chunks.chunk_parts(chunks.chunk_inputs(*f32, C), chunks.segment_masks(segment_ids, C))
-    N = p.P_BHNRS.shape[2]
-
-    def flat(x):  # [B, H, N, C, D] -> [BH, Tp, D]
-        return x.reshape(B * H, N * C, x.shape[-1])
-
-    qd, kd = (layout.pad_to(flat(x), 2, k_multiple) for x in (p.q_decay_BHNCK, p.k_decay_BHNCK))
-    a = layout.pad_to(p.a_BHNX.reshape(B * H, N, K), 2, k_multiple)
-    v_f = layout.pad_to(layout.fold(v, C), 2, BV)
-    S0 = jnp.zeros((B, H, K, V), _F32) if initial_state is None else initial_state
-    S0 = layout.pad_to(S0.astype(_F32).reshape(B * H, K, V), 1, k_multiple)
-    S0 = layout.pad_to(S0, 2, BV)
-    o, S = state_pass(qd, kd, flat(p.P_BHNRS), v_f, a, S0, scale, dtype, interpret, C, BV)
-    return layout.unfold(o[..., :V], B, T), S[:, :K, :V].reshape(B, H, K, V)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
-def _state_pass(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
-    """Not differentiated (inference): no chunk state is written."""
+def state_pass(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
+    """The `on_state_pass` contract on the kernel layout. Not differentiated (inference): no
+    chunk state is written."""
     return _forward(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV, states=False)[:2]
 
 
@@ -182,4 +152,4 @@ def _pass_bwd(scale, dtype, interpret, C, BV, residuals, cotangents):
     return dqd, dkd, dP, dv.astype(v.dtype), da, dS0
 
 
-_state_pass.defvjp(_pass_fwd, _pass_bwd)
+state_pass.defvjp(_pass_fwd, _pass_bwd)

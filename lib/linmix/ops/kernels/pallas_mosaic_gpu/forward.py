@@ -1,8 +1,12 @@
-"""Chunked gated linear attention as Mosaic GPU kernels (the supported Pallas GPU path from JAX
-0.11), forward here and backward in `mosaic_gpu_bwd`, joined by `pallas.op.make_op`.
+"""The forward Mosaic GPU kernel (Pallas lowered to Mosaic GPU, the supported Pallas GPU path from
+JAX 0.11) of the chunked linear recurrence; its backward is in `backward`, both joined by
+`linmix.ops.common.kernel_op.make_op` in `op`.
 
 Covers no gate and scalar gates with 16-bit inputs (wgmma takes bf16 / f16 operands, fp32
-accumulation); per-channel gates run the state pass of `mosaic_gpu_pass`. One program per
+accumulation); per-channel gates run the state pass of `state_pass`. The per-chunk math is
+written out here rather than shared with the Pallas TPU / Triton-lowered kernels
+(`linmix.ops.gla.kernel_chunk`): Mosaic GPU products are wgmma calls on shared-memory operands
+with explicit barriers, which the array-level chunk math cannot express. One program per
 (batch * head, block of BLOCK_V value columns) walks its chunks of CHUNK tokens in order with the
 fp32 [K, BLOCK_V] state in registers:
 
@@ -15,7 +19,7 @@ carried state), ks = exp(b_last - b) (0 for keys of a segment closed inside the 
 chunk decay a are computed outside the kernel, O(T) per head. The state enters the output
 products in the input dtype, as in the fp32-accumulated 16-bit kernels of the PyTorch ecosystem.
 The state entering every chunk is stored for the backward. Feature dims are zero-padded to
-multiples of 64. On a CPU backend the kernel runs in Pallas' GPU interpreter (`pallas.mgpu`).
+multiples of 64. On a CPU backend the kernel runs in Pallas' GPU interpreter (`blocks`).
 """
 
 from __future__ import annotations
@@ -25,22 +29,19 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from linmix.ops.gla import mosaic_gpu_bwd
-from linmix.ops.gla.mosaic_gpu_pass import gla_vector_mosaic_gpu
-from linmix.ops.pallas import layout, mgpu, op
-from linmix.ops.pallas.layout import Inputs
+from linmix.ops.common import layout
+from linmix.ops.common.layout import Inputs
+from linmix.ops.kernels.pallas_mosaic_gpu import blocks as mgpu
 
 _F32 = jnp.float32
 CHUNK = 64
 BLOCK_V = 64
-DTYPES = (jnp.bfloat16, jnp.float16)
 MAX_K = 128  # the delta rule's backward holds ~210 KiB of shared memory at K = 128 (H100: 227)
 
 
-def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None, states=True):
-    """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final);
+def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, states: bool = True):
+    """The `kernel_op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final);
     with states=False (inference) no chunk state is written and states is None."""
-    del math
     if C != CHUNK:
         raise ValueError(f"the Mosaic GPU kernel runs chunks of {CHUNK} tokens, got {C}")
     K0, V0 = x.q.shape[-1], x.v.shape[-1]
@@ -131,26 +132,3 @@ def values_minus_ws(ops: mgpu.Ops, v_s, st_s, w_s, u_s):
     u_s[...] = (ops.tile(v_s).astype(_F32) - ws).astype(u_s.dtype)
     plgpu.commit_smem()
     return u_s
-
-
-_op = op.make_op(forward, mosaic_gpu_bwd.backward, None, min_chunk=CHUNK)
-
-
-def gla_mosaic_gpu(q, k, v, g, *, chunk_size: int, **kwargs):
-    """The `linmix.ops.pallas.op.make_op` contract for bf16 / f16 inputs; chunks are always CHUNK
-    tokens (`chunk_size` is not used). Per-channel gates take the `mosaic_gpu_pass` route."""
-    del chunk_size
-    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(
-            "implementation='mosaic_gpu' takes bf16 or f16 q, k, v of one dtype (wgmma operands), "
-            f"got {q.dtype}, {k.dtype}, {v.dtype}; use 'pallas_gpu' or 'xla' for fp32"
-        )
-    if q.shape[-1] > MAX_K:
-        raise ValueError(
-            f"implementation='mosaic_gpu' takes key dims up to {MAX_K} (its tiles must fit in "
-            f"shared memory), got K = {q.shape[-1]}; use 'pallas_gpu' or 'xla'"
-        )
-    if g is not None and g.ndim == 4:  # per-channel gates: pair weights from XLA
-        kwargs.pop("w", None)
-        return gla_vector_mosaic_gpu(q, k, v, g, C=CHUNK, BV=BLOCK_V, **kwargs)
-    return _op(q, k, v, g, chunk_size=CHUNK, **kwargs)

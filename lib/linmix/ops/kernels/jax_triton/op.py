@@ -1,7 +1,10 @@
-"""Chunked gated linear attention as Triton kernels (`gla.triton_kernels`) called through
-`jax_triton`, forward and backward, joined by `pallas.op.make_op`; Triton's interpreter on a CPU
-backend. No or scalar gates here, per-channel gates in `triton_pass`; bf16, f16 or fp32 inputs
-(fp32 multiplies in IEEE fp32).
+"""The chunked linear recurrence as Triton kernels (`kernels`) called through `jax_triton`,
+forward and backward, joined by the custom-vjp kernel runner (`common.kernel_op.make_op`) as
+`op(q, k, v, g, beta=None, *, scale, initial_state, segment_ids, chunk_size, interpret, w=None)`;
+Triton's interpreter on a CPU backend. No or scalar gates here, per-channel gates in
+`state_pass`; bf16, f16 or fp32 inputs (fp32 multiplies in IEEE fp32). The per-chunk math is
+Triton source (`tl.dot` on register tiles), so it cannot share the array-level chunk math of the
+Pallas kernels.
 
 Chunks hold 16 to MAX_CHUNK tokens; key dims are zero-padded to a power of two >= 16 (one tile),
 value dims to a power of two >= 16 split in blocks of at most MAX_BLOCK_V columns (one program
@@ -14,13 +17,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.gla import chunks
-from linmix.ops.pallas import gpu, layout, op
-from linmix.ops.pallas.layout import Inputs
+from linmix.ops.common import kernel_op, layout
+from linmix.ops.common.layout import MIN_TRITON_DIM, Inputs, KernelGrads, LaunchConfig, triton_dim
+from linmix.ops.kernels.jax_triton import launch as triton_launch
 
 _F32 = jnp.float32
-DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
-MIN_DIM = gpu.MIN_DIM
 MAX_K = 256  # the [K, BLOCK_V] fp32 state lives in registers
 MAX_CHUNK = 64
 MAX_BLOCK_V = 64
@@ -31,12 +32,11 @@ MAX_BLOCK_V = 64
 # fall from 4.0 to 0.5 KB in the forward and from 5.3 to 1.0 KB in the reverse backward kernel
 # against 4 warps. Chunks of 32 would spill less but run the products on mma.sync (wgmma takes
 # 64 rows).
-DEFAULT_LAUNCH = gpu.LaunchConfig(num_warps=8, num_stages=2)
-dim = gpu.dim  # feature dims padded to a power of two >= 16 (one tile)
+JAX_TRITON_LAUNCH = LaunchConfig(num_warps=8, num_stages=2)
 
 
 def kernels():
-    from linmix.ops.gla import triton_kernels  # imports triton
+    from linmix.ops.kernels.jax_triton import kernels as triton_kernels  # imports triton
 
     return triton_kernels
 
@@ -50,15 +50,15 @@ def _meta(x: Inputs, C: int, K: int, V: int) -> dict:
     Tp = x.q.shape[1]
     return dict(
         T=Tp, N=Tp // C, K=K, V=V, C=C, BV=min(V, MAX_BLOCK_V), HAS_W=x.w is not None,
-        PRECISION=precision(x.q.dtype), num_warps=DEFAULT_LAUNCH.num_warps,
-        num_stages=DEFAULT_LAUNCH.num_stages,
+        PRECISION=precision(x.q.dtype), num_warps=JAX_TRITON_LAUNCH.num_warps,
+        num_stages=JAX_TRITON_LAUNCH.num_stages,
     )  # fmt: skip
 
 
 def _prepare(x: Inputs, C: int):
     """q, k, v and w (a placeholder without the delta rule) padded to the tiles, the decay rows
     and chunk decays, and the kernels' constexprs."""
-    K, V = dim(x.q.shape[-1]), dim(x.v.shape[-1])
+    K, V = triton_dim(x.q.shape[-1]), triton_dim(x.v.shape[-1])
     q, k = (layout.pad_to(a, 2, K) for a in (x.q, x.k))
     w = jnp.zeros((1,), x.q.dtype) if x.w is None else layout.pad_to(x.w, 2, K)
     rows, a = layout.decay_rows(x, C)
@@ -69,10 +69,9 @@ def _pad_state(S: jax.Array, K: int, V: int) -> jax.Array:
     return layout.pad_to(layout.pad_to(S.astype(_F32), 1, K), 2, V)
 
 
-def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None, states=True):
-    """The `pallas.op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final);
+def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, states: bool = True):
+    """The `kernel_op.make_op` forward: (o [BH, Tp, V] fp32, states [BH, N, K, V], final);
     with states=False (inference) no chunk state is written and states is None."""
-    del math
     q, k, v, w, rows, a, meta = _prepare(x, C)
     BH, (Tp, N, K, V) = q.shape[0], (meta[n] for n in ("T", "N", "K", "V"))
     shapes = [
@@ -88,9 +87,8 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math=None, sta
     return o[..., :V0], chunk_states if states else None, final[:, :K0, :V0]
 
 
-def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math=None):
-    """The `pallas.op.make_op` backward: (dq, dk, dv, dg or None, None, dS0[, dw])."""
-    del math
+def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool):
+    """The `kernel_op.make_op` backward: `layout.KernelGrads` in the kernel layout."""
     q, k, v, w, rows, a, meta = _prepare(x, C)
     BH, (Tp, N, K, V) = q.shape[0], (meta[n] for n in ("T", "N", "K", "V"))
     NV = V // meta["BV"]
@@ -114,36 +112,12 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
     dq, dk = (d.sum(axis=0)[..., :K0] for d in (dq, dk))
     sums = sums.sum(axis=0).at[:, 0].add(fe_q.sum(axis=0))  # fe = q . dq - k . dk_strict
     dg = None if x.g is None else layout.gate_grad(sums, da.sum(axis=0), a, C)
-    grads = (dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0])
-    return grads if x.w is None else (*grads, dw.sum(axis=0)[..., :K0])
+    dw = None if x.w is None else dw.sum(axis=0)[..., :K0]
+    return KernelGrads(dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0], dw)
 
 
 def launch(kernel, grid, inputs, shapes, interpret, **meta):
-    from linmix.ops.pallas import triton_launch
-
     return triton_launch.launch(kernel, grid, inputs, shapes, interpret, **meta)
 
 
-_op = op.make_op(forward, backward, None, min_chunk=MIN_DIM)
-
-
-def gla_triton(q, k, v, g, *, chunk_size: int, **kwargs):
-    """The `linmix.ops.pallas.op.make_op` contract; chunks of 16 to MAX_CHUNK tokens."""
-    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(
-            "implementation='triton' takes q, k, v of one dtype, bf16, f16 or fp32, got "
-            f"{q.dtype}, {k.dtype}, {v.dtype}"
-        )
-    if q.shape[-1] > MAX_K:
-        raise ValueError(
-            f"implementation='triton' takes key dims up to {MAX_K} (the state tile lives in "
-            f"registers), got K = {q.shape[-1]}; use 'xla'"
-        )
-    if g is not None and g.ndim == 4:  # per-channel gates: pair weights from XLA
-        if kwargs.pop("w", None) is not None:
-            raise ValueError("implementation='triton' runs the delta rule with scalar gates only")
-        C = max(MIN_DIM, chunks.chunk_length(q.shape[1], min(chunk_size, MAX_CHUNK)))
-        from linmix.ops.gla.triton_pass import gla_vector_triton
-
-        return gla_vector_triton(q, k, v, g, C=C, **kwargs)
-    return _op(q, k, v, g, chunk_size=min(chunk_size, MAX_CHUNK), **kwargs)
+op = kernel_op.make_op(forward, backward, min_chunk=MIN_TRITON_DIM)

@@ -1,7 +1,6 @@
-"""Gated linear attention with per-channel gates on Triton: the intra-chunk parts (pair weights,
-decayed queries and keys, chunk decays) in XLA as for Mosaic GPU (`mosaic_gpu_pass.on_state_pass`),
-the state pass in the Triton kernels `triton_kernels.state_pass_{fwd,bwd}_kernel`, joined by a
-`jax.custom_vjp`:
+"""The state pass of per-channel-gated linear attention as Triton kernels
+(`kernels.state_pass_{fwd,bwd}_kernel`), called by `linmix.ops.gla.state_pass.on_state_pass`
+after the intra-chunk parts, joined by a `jax.custom_vjp`:
 
     o = scale * (qd S + P v),    S' = diag(a) S + kd^T v
 
@@ -15,32 +14,24 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.gla import mosaic_gpu_pass
-from linmix.ops.gla import triton as gla_triton
+from linmix.ops.kernels.jax_triton import op as triton_op
 
 _F32 = jnp.float32
 
 
-def gla_vector_triton(q, k, v, g, *, C, **kwargs):
-    """Causal GLA with g [B, T, H, K]: (o fp32 [B, T, H, V], final state fp32)."""
-    K, V = gla_triton.dim(q.shape[-1]), gla_triton.dim(v.shape[-1])
-    BV = min(V, gla_triton.MAX_BLOCK_V)
-    return mosaic_gpu_pass.on_state_pass(_state_pass, q, k, v, g, C=C, BV=BV, k_multiple=K,
-                                         **kwargs)  # fmt: skip
-
-
 def _meta(qd, v, C: int, BV: int) -> dict:
     BH, Tp, K = qd.shape
-    launch = gla_triton.DEFAULT_LAUNCH
+    launch = triton_op.JAX_TRITON_LAUNCH
     return dict(
-        T=Tp, N=Tp // C, K=K, V=v.shape[-1], C=C, BV=BV, PRECISION=gla_triton.precision(qd.dtype),
+        T=Tp, N=Tp // C, K=K, V=v.shape[-1], C=C, BV=BV, PRECISION=triton_op.precision(qd.dtype),
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
-def _state_pass(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
-    """Not differentiated (inference): no chunk state is written."""
+def state_pass(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV):
+    """The `on_state_pass` contract on the kernel layout. Not differentiated (inference): no
+    chunk state is written."""
     return _forward(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV, states=False)[:2]
 
 
@@ -55,8 +46,8 @@ def _forward(qd, kd, P, v, a, S0, scale, dtype, interpret, C, BV, states: bool):
         jax.ShapeDtypeStruct((BH, K, meta["V"]), _F32),
     ]
     grid = (BH, meta["V"] // BV)
-    kernel = gla_triton.kernels().state_pass_fwd_kernel
-    o, chunk_states, final = gla_triton.launch(
+    kernel = triton_op.kernels().state_pass_fwd_kernel
+    o, chunk_states, final = triton_op.launch(
         kernel, grid, [qd, kd, P, v, a, S0], shapes, interpret, SCALE=float(scale),
         STORE_STATES=states, **meta,
     )  # fmt: skip
@@ -82,11 +73,11 @@ def _pass_bwd(scale, dtype, interpret, C, BV, residuals, cotangents):
         jax.ShapeDtypeStruct((NV, BH, N, K), _F32), jax.ShapeDtypeStruct((BH, K, V), _F32),
     ]  # fmt: skip
     inputs = [qd, kd, P, v, (scale * do).astype(dtype), a, states, dS_final.astype(_F32)]
-    kernel = gla_triton.kernels().state_pass_bwd_kernel
-    dqd, dkd, dP, dv, da, dS0 = gla_triton.launch(kernel, (BH, NV), inputs, shapes, interpret,
+    kernel = triton_op.kernels().state_pass_bwd_kernel
+    dqd, dkd, dP, dv, da, dS0 = triton_op.launch(kernel, (BH, NV), inputs, shapes, interpret,
                                                   BH=BH, **meta)  # fmt: skip
     dqd, dkd, dP, da = (x.sum(axis=0) for x in (dqd, dkd, dP, da))
     return dqd, dkd, dP, dv.astype(v.dtype), da, dS0
 
 
-_state_pass.defvjp(_pass_fwd, _pass_bwd)
+state_pass.defvjp(_pass_fwd, _pass_bwd)

@@ -1,4 +1,4 @@
-"""Compile the Triton kernels of `gla.triton_kernels` for an NVIDIA GPU without one: Triton's
+"""Compile the Triton kernels of `kernels` for an NVIDIA GPU without one: Triton's
 compiler (TTIR -> TTGIR -> LLVM IR -> PTX -> cubin) for a target such as sm_90, then ptxas' own
 resource report (registers per thread, spill stores / loads, stack) on that PTX.
 
@@ -6,7 +6,7 @@ resource report (registers per thread, spill stores / loads, stack) on that PTX.
     resources(kernel)   # {'registers': 255, 'spill_stores': ..., 'wgmma': ..., 'shared': ...}
 
 Used by the sm_90 compile tests and by `experiments/bench/triton_regs.py`, which compares launch
-configurations against `gla.triton.DEFAULT_LAUNCH`.
+configurations against `op.JAX_TRITON_LAUNCH`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from linmix.ops.gla import triton_kernels
+from linmix.ops.kernels.jax_triton import kernels as triton_kernels
 
 # name -> (kernel, number of pointer arguments, pointers in the input dtype, extra constexprs)
 KERNELS = {

@@ -1,4 +1,4 @@
-"""Backward of the Mosaic GPU gated linear attention kernel (`mosaic_gpu`): no or scalar gates.
+"""Backward of the Mosaic GPU kernel of `forward`: no or scalar gates.
 
 One program per (batch * head, block of BLOCK_V value columns) walks the chunks in reverse with
 the fp32 adjoint lam = dL/dS_next [K, BLOCK_V] in registers, from the states the forward stored.
@@ -25,17 +25,16 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from linmix.ops.pallas import layout, mgpu
-from linmix.ops.pallas.layout import Inputs
+from linmix.ops.common import layout
+from linmix.ops.common.layout import Inputs, KernelGrads
+from linmix.ops.kernels.pallas_mosaic_gpu import blocks as mgpu
+from linmix.ops.kernels.pallas_mosaic_gpu.forward import BLOCK_V, values_minus_ws
 
 _F32 = jnp.float32
 
 
-def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math=None):
-    """The `pallas.op.make_op` backward: (dq, dk, dv, dg or None, None, dS0) in kernel layout."""
-    del math
-    from linmix.ops.gla.mosaic_gpu import BLOCK_V, values_minus_ws
-
+def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool):
+    """The `kernel_op.make_op` backward: `layout.KernelGrads` in the kernel layout."""
     K0, V0 = x.q.shape[-1], x.v.shape[-1]
     q, k, v = (layout.pad_to(a, 2, 64) for a in (x.q, x.k, x.v))
     BH, Tp, K = q.shape
@@ -165,4 +164,4 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
     )(*inputs)  # fmt: skip
     dq, dk, *dw = (d.sum(axis=0)[..., :K0] for d in (dq, dk, *dw))
     dg = None if x.g is None else layout.gate_grad(sums.sum(axis=0), da.sum(axis=(0, 3)), a, C)
-    return dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0], *dw
+    return KernelGrads(dq, dk, dv[..., :V0], dg, None, dS0[:, :K0, :V0], *dw)

@@ -11,29 +11,15 @@ interpret mode.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from linmix.ops.pallas.layout import Chunk, Inputs, Seg
+from linmix.ops.common.layout import Chunk, Inputs, KernelGrads, LaunchConfig, Seg, triton_dim
 
 _F32 = jnp.float32
-MIN_DIM = 16
-
-
-@dataclasses.dataclass(frozen=True)
-class LaunchConfig:
-    """Triton launch parameters of the kernels (ignored in interpret mode; the `triton`
-    kernels take the same)."""
-
-    num_warps: int = 4
-    num_stages: int = 1
-
-
-DEFAULT_LAUNCH = LaunchConfig()
+PALLAS_TRITON_LAUNCH = LaunchConfig(num_warps=4, num_stages=1)
 
 
 def _params(interpret: bool) -> dict:
@@ -41,14 +27,9 @@ def _params(interpret: bool) -> dict:
         return dict(interpret=True)
     from jax.experimental.pallas import triton as pltriton
 
-    launch = DEFAULT_LAUNCH
+    launch = PALLAS_TRITON_LAUNCH
     params = pltriton.CompilerParams(num_warps=launch.num_warps, num_stages=launch.num_stages)
     return dict(compiler_params=params)
-
-
-def dim(n: int) -> int:
-    """A feature dim padded to a power of two >= MIN_DIM (one tile)."""
-    return max(MIN_DIM, 1 << max(n - 1, 0).bit_length())
 
 
 def _pad_last(x: jax.Array, size: int) -> jax.Array:
@@ -62,7 +43,7 @@ def _pad_state(S: jax.Array, K: int, V: int) -> jax.Array:
 
 
 def _padded(x: Inputs) -> Inputs:
-    K, V = dim(x.q.shape[-1]), dim(x.v.shape[-1])
+    K, V = triton_dim(x.q.shape[-1]), triton_dim(x.v.shape[-1])
     g = x.g if x.g is None or x.g.shape[-1] == 1 else _pad_last(x.g, K)
     return x._replace(q=_pad_last(x.q, K), k=_pad_last(x.k, K), v=_pad_last(x.v, V), g=g)
 
@@ -155,7 +136,7 @@ def forward(x: Inputs, S0, scale: float, C: int, interpret: bool, math, states: 
 
 
 def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: bool, math):
-    """Returns (dq, dk, dv, dg or None, dbeta or None, dS0), fp32, in the kernel layout."""
+    """`layout.KernelGrads`, fp32, in the kernel layout."""
     K0, V0 = x.q.shape[-1], x.v.shape[-1]
     lay = _Layout(_padded(x), C)
     arrays, in_specs = lay.inputs()
@@ -198,4 +179,4 @@ def backward(x: Inputs, states, do, dS_final, scale: float, C: int, interpret: b
     if x.g is not None:
         dg = rest.pop(0)[..., : x.g.shape[-1]]
     dbeta = rest.pop(0) if x.beta is not None else None
-    return dq, dk, dv, dg, dbeta, rest[0][:, :K0, :V0]
+    return KernelGrads(dq, dk, dv, dg, dbeta, rest[0][:, :K0, :V0])
