@@ -1,4 +1,4 @@
-"""Shared numerics for the op tests (importable: pytest puts this folder on sys.path)."""
+"""Error measures for comparing an op against its reference."""
 
 from __future__ import annotations
 

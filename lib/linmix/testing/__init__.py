@@ -1,0 +1,1 @@
+"""Helpers shared by linmix's tests, benchmarks and notebooks."""
