@@ -1,8 +1,8 @@
 """Pallas kernels of gated linear attention vs the per-token oracle (interpret mode on CPU,
 natively with `pytest -m gpu` / on a TPU), forward and gradients, and their TPU / CUDA lowering.
 
-The engine test matrix of `test_gla.py` (odd T, K != V, chunk sizes, gate strengths, segments,
-states, bf16) runs through the public `gla(..., implementation=KERNEL)`.
+The matrix of problems every implementation must pass is the contract suite's
+(`test_contract.py`); here: extreme decays, the inference forward and the lowering checks.
 """
 
 from __future__ import annotations
@@ -11,89 +11,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import rel_err
-from test_gla import (
-    BF16_TOL,
+
+from linmix.ops.gla import gla, pallas_mosaic_tpu, pallas_triton
+from linmix.testing.gla import (
     FP32_TOL,
-    GATES,
     B,
     H,
     K,
-    V,
     check_inference_forward,
     compare,
     make_inputs,
-    normal,
     segments_from_starts,
 )
+from linmix.testing.numerics import rel_err
 
-from linmix.ops.gla import gla, pallas_gpu, pallas_tpu
-from linmix.ops.gla.api import default_implementation
-
-KERNELS = ["pallas_tpu", "pallas_gpu"]
-# Both kernels run the same per-chunk math (kernel_chunk.py); the full length / chunk-size sweep
-# runs on the TPU kernel and a subset on the GPU one (its own part is layout, padding, loops).
-LENGTHS = [("pallas_tpu", T) for T in (1, 63, 64, 65, 200)] + [
-    ("pallas_gpu", T) for T in (1, 65, 200)
-]
-CHUNKS = [("pallas_tpu", C) for C in (16, 32, 64, 128)] + [("pallas_gpu", C) for C in (16, 64)]
-
-
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize(("kernel", "T"), LENGTHS)
-def test_matches_reference(kernel: str, T: int, gate: str | None) -> None:
-    compare(make_inputs(T, gate), chunk_size=16, implementation=kernel)
-
-
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize(("kernel", "chunk_size"), CHUNKS)
-def test_chunk_sizes_and_segments(kernel: str, chunk_size: int, gate: str | None) -> None:
-    """Segment starts on and off chunk edges, a one-token segment, a one-token last segment."""
-    T = 130
-    segment_ids = segments_from_starts(T, [[1, 16, 20, 32, 64, 128, 129], [5, 65]])
-    inputs = make_inputs(T, gate, seed=2)
-    compare(inputs, segment_ids=segment_ids, chunk_size=chunk_size, implementation=kernel)
-
-
-@pytest.mark.parametrize("gate", ["scalar", "vector"])
-@pytest.mark.parametrize("strength", [0.01, 20.0])
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_gate_strengths(kernel: str, gate: str, strength: float) -> None:
-    T = 65
-    segment_ids = segments_from_starts(T, [[16, 40], [33]])
-    inputs = make_inputs(T, gate, strength=strength, seed=5)
-    compare(inputs, segment_ids=segment_ids, chunk_size=32, implementation=kernel)
-
-
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_without_states_and_bidirectional(kernel: str, gate: str | None) -> None:
-    inputs = {**make_inputs(70, gate, seed=1), "initial_state": None}
-    compare(inputs, chunk_size=32, final=False, implementation=kernel)
-    segment_ids = segments_from_starts(70, [[3, 16], [32]])
-    compare(inputs, segment_ids=segment_ids, causal=False, chunk_size=16, implementation=kernel)
-
-
-@pytest.mark.parametrize("gate", ["scalar", "vector"])
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_bf16_close_to_fp32_reference(kernel: str, gate: str) -> None:
-    """bf16 q, k, v, g (fp32 inside the kernel) vs the fp32 oracle: outputs and gradients."""
-    T = 65
-    inputs = make_inputs(T, gate, seed=8)
-    cotangent = jnp.asarray(normal(98, 0, (B, T, H, V)))
-
-    def loss(args, impl):
-        o, _ = gla(*args, initial_state=inputs["initial_state"], implementation=impl)
-        return jnp.sum(o.astype(jnp.float32) * cotangent), o
-
-    args = [inputs[n] for n in "qkvg"]
-    grad_fn = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
-    grads, o = grad_fn([x.astype(jnp.bfloat16) for x in args], kernel)
-    assert o.dtype == jnp.bfloat16 and all(d.dtype == jnp.bfloat16 for d in grads)
-    want_grads, want = grad_fn(args, "reference")
-    assert rel_err(o, want) < BF16_TOL
-    for name, d, w in zip("qkvg", grads, want_grads, strict=True):
-        assert rel_err(d, w) < BF16_TOL, (name, rel_err(d, w))
+KERNELS = ["pallas_mosaic_tpu", "pallas_triton"]
+GATES = [None, "scalar", "vector"]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -142,7 +75,11 @@ def _lower(op, platform: str, gate: str | None, segmented: bool, chunk_size: int
 def test_tpu_lowering_default_blocks(gate: str | None, segmented: bool) -> None:
     """Forward and backward kernels lower through Mosaic for TPU, from this CPU host."""
     lowered = _lower(
-        pallas_tpu.gla_pallas_tpu, "tpu", gate, segmented, pallas_tpu.DEFAULT_BLOCKS.chunk
+        pallas_mosaic_tpu.gla_pallas_mosaic_tpu,
+        "tpu",
+        gate,
+        segmented,
+        pallas_mosaic_tpu.DEFAULT_BLOCKS.chunk,
     )
     assert lowered.as_text().count("tpu_custom_call") == 2
 
@@ -151,7 +88,7 @@ def test_tpu_lowering_default_blocks(gate: str | None, segmented: bool) -> None:
 @pytest.mark.parametrize("gate", GATES)
 def test_gpu_lowering(gate: str | None, segmented: bool) -> None:
     """Forward and backward kernels lower through Pallas' Triton path for CUDA, from CPU."""
-    lowered = _lower(pallas_gpu.gla_pallas_gpu, "cuda", gate, segmented, 64)
+    lowered = _lower(pallas_triton.gla_pallas_triton, "cuda", gate, segmented, 64)
     assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2
 
 
@@ -161,24 +98,24 @@ def test_inference_writes_no_chunk_states(implementation: str) -> None:
     oracle's outputs, the differentiated forward's bit for bit, no [B*H, N, K, V] kernel output
     (N = 4 chunks of 16; the GPU kernels pad K = 8 and V = 12 to 16), and the inference kernel
     lowers for its hardware."""
-    states = f"f32[{B * H},4,8,12]" if implementation == "pallas_tpu" else f"f32[{B * H},4,16,16]"
+    states = (
+        f"f32[{B * H},4,8,12]" if implementation == "pallas_mosaic_tpu" else f"f32[{B * H},4,16,16]"
+    )
     inputs = make_inputs(64, "scalar", seed=5)
     check_inference_forward(inputs, implementation, states, chunk_size=16)
 
-    op = pallas_tpu.gla_pallas_tpu if implementation == "pallas_tpu" else pallas_gpu.gla_pallas_gpu
+    op = (
+        pallas_mosaic_tpu.gla_pallas_mosaic_tpu
+        if implementation == "pallas_mosaic_tpu"
+        else pallas_triton.gla_pallas_triton
+    )
     q, g, _ = _lowering_inputs("scalar", False)
     kw = dict(scale=0.1, initial_state=None, segment_ids=None, chunk_size=64, interpret=False)
-    platform = "tpu" if implementation == "pallas_tpu" else "cuda"
+    platform = "tpu" if implementation == "pallas_mosaic_tpu" else "cuda"
     text = jax.jit(lambda q, g: op(q, q, q, g, **kw)).trace(q, g).lower(
         lowering_platforms=(platform,)
     ).as_text()  # fmt: skip
     assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") == 1
-
-
-def test_default_implementation_per_backend() -> None:
-    assert default_implementation("tpu") == "pallas_tpu"
-    assert default_implementation("cpu") == "xla"
-    assert default_implementation("gpu") == "xla"
 
 
 @pytest.mark.gpu
@@ -187,7 +124,7 @@ def test_gpu_native_matches_reference(gate: str | None) -> None:
     """On a GPU the kernels compile natively; same checks as in interpret mode."""
     T = 200
     segment_ids = segments_from_starts(T, [[1, 16, 50, 128], [100]])
-    compare(make_inputs(T, gate, seed=1), segment_ids=segment_ids, implementation="pallas_gpu")
+    compare(make_inputs(T, gate, seed=1), segment_ids=segment_ids, implementation="pallas_triton")
 
 
 @pytest.mark.tpu
@@ -195,4 +132,6 @@ def test_gpu_native_matches_reference(gate: str | None) -> None:
 def test_tpu_native_matches_reference(gate: str | None) -> None:
     T = 200
     segment_ids = segments_from_starts(T, [[1, 16, 50, 128], [100]])
-    compare(make_inputs(T, gate, seed=1), segment_ids=segment_ids, implementation="pallas_tpu")
+    compare(
+        make_inputs(T, gate, seed=1), segment_ids=segment_ids, implementation="pallas_mosaic_tpu"
+    )

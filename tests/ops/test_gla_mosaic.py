@@ -1,6 +1,6 @@
-"""The Mosaic GPU kernels of gated linear attention (`implementation='mosaic_gpu'`, forward and
-backward) vs the per-token oracle on the same 16-bit inputs, outputs and all gradients: in Pallas'
-GPU interpreter on CPU, natively with `pytest -m gpu`; and their CUDA lowering from this CPU host.
+"""The Mosaic GPU kernels of gated linear attention (`implementation='pallas_mosaic_gpu'`) beyond
+the contract suite (`test_contract.py`): the inference forward, the CUDA lowering from this CPU
+host, and the native check (`pytest -m gpu`).
 
 The kernels round the pair weights, the carried state, its adjoint and the output cotangent to
 the input dtype before their wgmma products (fp32 accumulation), as the 16-bit kernels of the
@@ -12,10 +12,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from test_gla import B, H, K, V, check_inference_forward, compare, make_inputs, segments_from_starts
 
-from linmix.ops.gla import gla
-from linmix.ops.gla.mosaic_gpu import gla_mosaic_gpu
+from linmix.ops.gla.pallas_mosaic_gpu import gla_pallas_mosaic_gpu
+from linmix.testing.gla import (
+    B,
+    H,
+    check_inference_forward,
+    compare,
+    make_inputs,
+    segments_from_starts,
+)
 
 MOSAIC_TOL = 1e-2
 GATES = [None, "scalar", "vector"]
@@ -25,46 +31,6 @@ def _bf16(inputs: dict, dtype=jnp.bfloat16) -> dict:
     return {n: (x.astype(dtype) if n in "qkv" else x) for n, x in inputs.items()}
 
 
-@pytest.mark.parametrize(
-    ("T", "gate"), [(1, None), (65, "vector"), (200, None), (200, "scalar"), (200, "vector")]
-)
-def test_matches_reference(T: int, gate: str | None) -> None:
-    """Chunks of 64: a lone token, one chunk and a token, three chunks and a bit; segment
-    starts on and off chunk edges, an initial and a final state."""
-    starts = [[1, 16, 64, 100, 128], [50]] if T > 1 else [[], []]
-    segment_ids = segments_from_starts(T, starts)
-    inputs = _bf16(make_inputs(T, gate, seed=T))
-    compare(inputs, segment_ids=segment_ids, tol=MOSAIC_TOL, implementation="mosaic_gpu")
-
-
-@pytest.mark.parametrize(("strength", "gate"), [(0.01, "scalar"), (20.0, "vector")])
-def test_gate_strengths_and_bidirectional(strength: float, gate: str) -> None:
-    T = 70
-    segment_ids = segments_from_starts(T, [[3, 16], [64]])
-    inputs = _bf16(make_inputs(T, gate, strength=strength, seed=3))
-    compare(inputs, segment_ids=segment_ids, tol=MOSAIC_TOL, implementation="mosaic_gpu")
-    compare(inputs, causal=False, tol=MOSAIC_TOL, implementation="mosaic_gpu")
-
-
-def test_float16() -> None:
-    T = 100
-    segment_ids = segments_from_starts(T, [[10, 64], []])
-    inputs = _bf16(make_inputs(T, "scalar", seed=4), jnp.float16)
-    compare(inputs, segment_ids=segment_ids, tol=MOSAIC_TOL, implementation="mosaic_gpu")
-
-
-def test_refuses_fp32_and_wide_keys() -> None:
-    inputs = make_inputs(8, "vector")
-    q, k, v = (inputs[n] for n in "qkv")
-    with pytest.raises(ValueError, match="bf16 or f16"):
-        gla(q, k, v, implementation="mosaic_gpu")
-    o, _ = gla(*(x.astype(jnp.bfloat16) for x in (q, k, v)), implementation="mosaic_gpu")
-    assert o.shape == (B, 8, H, V) and o.dtype == jnp.bfloat16 and K != V
-    wide = jnp.zeros((1, 8, 1, 192), jnp.bfloat16)
-    with pytest.raises(ValueError, match="key dims up to 128"):
-        gla(wide, wide, wide, implementation="mosaic_gpu")
-
-
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 def test_inference_writes_no_chunk_states(gate: str) -> None:
     """Not differentiated, the forward kernels skip the chunk states the backward needs: the
@@ -72,11 +38,11 @@ def test_inference_writes_no_chunk_states(gate: str) -> None:
     [B*H, N, K, V] kernel output, and the kernel lowers for CUDA."""
     inputs = _bf16(make_inputs(128, gate, seed=5))
     states = f"f32[{B * H},2,64,64]"  # 2 chunks of 64; K = 8 and V = 12 padded to 64
-    check_inference_forward(inputs, "mosaic_gpu", states, tol=MOSAIC_TOL)
+    check_inference_forward(inputs, "pallas_mosaic_gpu", states, tol=MOSAIC_TOL)
     args = [inputs[n] for n in "qkvg"]
 
     def native(q, k, v, g):
-        return gla_mosaic_gpu(q, k, v, g, scale=0.1, initial_state=None, segment_ids=None,
+        return gla_pallas_mosaic_gpu(q, k, v, g, scale=0.1, initial_state=None, segment_ids=None,
                               chunk_size=64, interpret=False)  # fmt: skip
 
     text = jax.jit(native).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
@@ -95,7 +61,7 @@ def test_cuda_lowering(dims: tuple[int, int], gate: str | None, segmented: bool)
     segment_ids = jnp.zeros((1, T), jnp.int32) if segmented else None
 
     def loss(q, k, v, g):
-        o, S = gla_mosaic_gpu(
+        o, S = gla_pallas_mosaic_gpu(
             q, k, v, g, scale=0.1, initial_state=None, segment_ids=segment_ids,
             chunk_size=64, interpret=False,
         )  # fmt: skip
@@ -112,4 +78,4 @@ def test_gpu_native_matches_reference(gate: str | None) -> None:
     T = 200
     segment_ids = segments_from_starts(T, [[1, 16, 50, 128], [100]])
     inputs = _bf16(make_inputs(T, gate, seed=1))
-    compare(inputs, segment_ids=segment_ids, tol=MOSAIC_TOL, implementation="mosaic_gpu")
+    compare(inputs, segment_ids=segment_ids, tol=MOSAIC_TOL, implementation="pallas_mosaic_gpu")
