@@ -71,11 +71,18 @@ def _gla_kind(gate: str) -> Kind:
         return f
 
     def fwd_flops(form, T, s, chunk_size):
-        if form == "xla":
+        if form == "xla_chunked":
             return flops.gla_chunked(s.B, T, s.H, s.K, s.V, chunk_size=chunk_size, gate=gate)
         return flops.gla_scan(s.B, T, s.H, s.K, s.V)
 
-    return Kind("gla", ("reference", "associative_scan", "xla"), "xla", inputs, forward, fwd_flops)
+    return Kind(
+        "gla",
+        ("reference", "associative_scan", "xla_chunked"),
+        "xla_chunked",
+        inputs,
+        forward,
+        fwd_flops,
+    )
 
 
 def _delta_kind(gated: bool) -> Kind:
@@ -94,11 +101,11 @@ def _delta_kind(gated: bool) -> Kind:
         return f
 
     def fwd_flops(form, T, s, chunk_size):
-        if form == "xla":
+        if form == "xla_chunked":
             return flops.delta_chunked(s.B, T, s.H, s.K, s.V, chunk_size=chunk_size)
         return flops.delta_scan(s.B, T, s.H, s.K, s.V)
 
-    return Kind("delta", ("reference", "xla"), "xla", inputs, forward, fwd_flops)
+    return Kind("delta", ("reference", "xla_chunked"), "xla_chunked", inputs, forward, fwd_flops)
 
 
 def _selective_kind() -> Kind:
@@ -122,8 +129,8 @@ def _selective_kind() -> Kind:
     def fwd_flops(form, T, s, chunk_size):
         return flops.selective_scan(s.B, T, s.H * s.V, s.ssm_state)
 
-    forms = ("reference", "associative_scan", "chunked")
-    return Kind("ssm", forms, "chunked", inputs, forward, fwd_flops)
+    forms = ("reference", "associative_scan", "xla_chunked")
+    return Kind("ssm", forms, "xla_chunked", inputs, forward, fwd_flops)
 
 
 KINDS = {
@@ -134,7 +141,7 @@ KINDS = {
     "gated_delta": _delta_kind(gated=True),
     "selective": _selective_kind(),
 }
-ALL_FORMS = ("reference", "associative_scan", "xla", "chunked", "attention")
+ALL_FORMS = ("reference", "associative_scan", "xla_chunked", "attention")
 
 
 def attention_inputs(key, T, s: Shape):

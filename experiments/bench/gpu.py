@@ -1,5 +1,5 @@
-"""GPU benchmark of the chunked engines: Pallas GPU kernels (Triton lowering: 'pallas_gpu'; the
-Mosaic GPU kernels: 'mosaic_gpu'), Triton kernels through jax_triton ('triton') vs the XLA
+"""GPU benchmark of the chunked engines: Pallas GPU kernels (Triton lowering: 'pallas_triton'; the
+Mosaic GPU kernels: 'pallas_mosaic_gpu'), Triton kernels through jax_triton ('jax_triton') vs the XLA
 chunked form vs the PyTorch ecosystem's chunk kernels (flash-linear-attention, when `fla`
 imports), same shapes.
 
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--H", type=int, default=16)
     p.add_argument("--K", type=int, default=128)
     p.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
-    impls = ["xla", "pallas_gpu", "mosaic_gpu", "triton", "fla"]
+    impls = ["xla_chunked", "pallas_triton", "pallas_mosaic_gpu", "jax_triton", "fla"]
     p.add_argument("--impls", nargs="+", default=impls)
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=20)

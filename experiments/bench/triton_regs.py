@@ -1,12 +1,12 @@
 """Registers and spills of the Triton kernels on an H100 (sm_90), measured without a GPU: each
 kernel is compiled by Triton for sm_90 and its PTX run through ptxas -v
-(`linmix.ops.gla.triton_compile`), over launch configurations (chunk C, value block BV,
+(`linmix.ops.kernels.jax_triton.compile`), over launch configurations (chunk C, value block BV,
 num_warps, num_stages) at the GPU benchmark's K = V = 128, bf16.
 
     python experiments/bench/triton_regs.py            # table + results/triton_regs.{json,md}
 
 A kernel that needs more than 255 registers per thread spills to local memory (stack) inside
-its chunk loop. `gla.triton.DEFAULT_LAUNCH` (with chunks up to `MAX_CHUNK` and value blocks of
+its chunk loop. `jax_triton.op.JAX_TRITON_LAUNCH` (with chunks up to `MAX_CHUNK` and value blocks of
 `MAX_BLOCK_V`) is the configuration that keeps every product on wgmma with the fewest spills
 here; none of this is a timing.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import triton
 
-from linmix.ops.gla import triton as gla_triton
-from linmix.ops.gla import triton_compile
+from linmix.ops.kernels.jax_triton import op as gla_triton
+from linmix.ops.kernels.jax_triton import compile as triton_compile
 from ops import machine_info
 
 
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
         triton=triton.__version__,
         shape=dict(K=args.K, V=args.V, dtype=args.dtype),
         defaults=dict(
-            **dataclasses.asdict(gla_triton.DEFAULT_LAUNCH),
+            **dataclasses.asdict(gla_triton.JAX_TRITON_LAUNCH),
             max_chunk=gla_triton.MAX_CHUNK,
             block_v=gla_triton.MAX_BLOCK_V,
         ),

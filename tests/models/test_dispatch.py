@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_lm import SMALL, make
 
+from linmix.configs.mqar import get_config
 from linmix.models import REGISTRY, ModelConfig
 from linmix.ops.dispatch import implementation, use_implementations
+from linmix.testing.models import SMALL, make
 
 nnx.set_graph_mode(False)
 
@@ -19,8 +20,8 @@ TOKENS = jnp.asarray(np.random.default_rng(0).integers(1, 64, (2, 20)), jnp.int3
 @pytest.mark.parametrize(
     ("mixer", "engine", "impl"),
     [("retnet", "gla", "associative_scan"), ("deltanet", "delta", "reference"),
-     ("mamba", "ssm", "associative_scan"), ("gla", "gla", "triton"),
-     ("gated_deltanet", "delta", "triton")],
+     ("mamba", "ssm", "associative_scan"), ("gla", "gla", "jax_triton"),
+     ("gated_deltanet", "delta", "jax_triton")],
 )  # fmt: skip
 def test_named_implementation_gives_the_same_logits(mixer, engine, impl):
     want = make(mixer)(TOKENS)
@@ -29,10 +30,10 @@ def test_named_implementation_gives_the_same_logits(mixer, engine, impl):
 
 
 def test_the_named_implementation_is_the_one_called():
-    """'mosaic_gpu' refuses fp32 inputs: reaching that error shows the model called it; an
+    """'pallas_mosaic_gpu' refuses fp32 inputs: reaching that error shows the model called it; an
     empty name keeps the default."""
-    with pytest.raises(ValueError, match="bf16 or f16"):
-        make("retnet", implementations={"gla": "mosaic_gpu"})(TOKENS)
+    with pytest.raises(ValueError, match="does not support dtype float32"):
+        make("retnet", implementations={"gla": "pallas_mosaic_gpu"})(TOKENS)
     assert make("retnet", implementations={"gla": ""})(TOKENS).shape == (2, 20, 64)
 
 
@@ -40,10 +41,12 @@ def test_decode_steps_ignore_it_prefill_uses_it():
     cfg = ModelConfig(**{**SMALL, "mixer": "retnet"})
     mixer = REGISTRY["retnet"](cfg, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (2, 1, SMALL["d_model"]))
-    with use_implementations({"gla": "mosaic_gpu"}):
+    with use_implementations({"gla": "pallas_mosaic_gpu"}):
         y, cache = mixer(x, cache=mixer.init_cache(2, 8))  # one token: the decode step
-        assert y.shape == x.shape and implementation("gla") == {"implementation": "mosaic_gpu"}
-        with pytest.raises(ValueError, match="bf16 or f16"):
+        assert y.shape == x.shape and implementation("gla") == {
+            "implementation": "pallas_mosaic_gpu"
+        }
+        with pytest.raises(ValueError, match="does not support dtype float32"):
             mixer(jnp.concatenate([x, x], axis=1), cache=cache)  # prefill: the chunked form
     assert implementation("gla") == {}
 
@@ -62,13 +65,7 @@ def test_bad_names_raise(implementations, match):
 
 def test_cli_override_reaches_the_model():
     """`--config.model.implementations.gla=...` is a known key of every config."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[2] / "ml_collections_configs"))
-    import mqar
-
-    config = mqar.get_config("mixer=retnet")
+    config = get_config("mixer=retnet")
     config.model.implementations.gla = "associative_scan"
     cfg = ModelConfig(**config.model.to_dict())
     assert cfg.implementations == {"gla": "associative_scan"}
@@ -84,5 +81,5 @@ def test_bf16_model_on_mosaic_kernels(mixer, engine):
         got = make(mixer, dtype="bfloat16", **kw)(TOKENS)
         return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
 
-    default, mosaic = err(), err(implementations={engine: "mosaic_gpu"})
+    default, mosaic = err(), err(implementations={engine: "pallas_mosaic_gpu"})
     assert default < 0.05 and mosaic < 1.5 * default, (default, mosaic)

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import rel_err
 
 from linmix.ops.attention import attention, attention_decode
+from linmix.testing.numerics import rel_err
 
 B, T, D = 2, 24, 8
 TOL = 1e-4

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numerics import rel_err
 
 from linmix.ops.delta import delta_rule, l2_normalize
 from linmix.ops.delta.triangular import unit_lower_inverse
+from linmix.testing.numerics import rel_err
 
 FP32_TOL = 1e-4
 BETAS = {"usual": (0.05, 0.95), "near_one": (0.99, 1.0), "above_one": (1.0, 1.9)}
@@ -87,7 +87,7 @@ def test_random_shapes_match_reference(p: dict) -> None:
     kw = dict(
         chunk_size=p["chunk_size"], with_state=p["with_state"], use_qk_l2norm=p["use_qk_l2norm"]
     )
-    got = outputs_and_grads(q, k, v, beta, g, seg, S0, ct, implementation="xla", **kw)
+    got = outputs_and_grads(q, k, v, beta, g, seg, S0, ct, implementation="xla_chunked", **kw)
     want = outputs_and_grads(q, k, v, beta, g, seg, S0, ct, implementation="reference", **kw)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert np.isfinite(np.asarray(a)).all()
@@ -105,7 +105,7 @@ def test_length_4096_saturated_writes(gated: bool) -> None:
     S0 = jnp.asarray(rng.normal(size=(B, H, K, V)), jnp.float32)
     ct = jnp.asarray(rng.normal(size=(B, T, H, V)), jnp.float32)
     kw = dict(chunk_size=64, with_state=True, use_qk_l2norm=True)
-    got = outputs_and_grads(q, k, v, beta, g, None, S0, ct, implementation="xla", **kw)
+    got = outputs_and_grads(q, k, v, beta, g, None, S0, ct, implementation="xla_chunked", **kw)
     want = outputs_and_grads(q, k, v, beta, g, None, S0, ct, implementation="reference", **kw)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert np.isfinite(np.asarray(a)).all()
@@ -136,7 +136,10 @@ def test_chunked_backward_stores_no_per_token_state() -> None:
 
     per_token_state_growth = B * T * H * K * (128 - 32) * 4
     assert growth("reference") > per_token_state_growth
-    assert growth("xla") < per_token_state_growth / 4, (growth("xla"), per_token_state_growth)
+    assert growth("xla_chunked") < per_token_state_growth / 4, (
+        growth("xla_chunked"),
+        per_token_state_growth,
+    )
 
 
 def test_unit_lower_inverse_matches_float64() -> None:

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import rel_err
 
 from linmix.ops.delta import delta_rule, delta_rule_step, l2_normalize
+from linmix.testing.numerics import rel_err
 
 B, H, K, V = 2, 2, 16, 24
 FP32_TOL = 1e-4
@@ -52,7 +52,7 @@ def step_loop(q, k, v, beta, g, initial_state):
 
 
 @functools.partial(jax.jit, static_argnames=("implementation",))
-def chunked(q, k, v, beta, g, initial_state, *, implementation="xla"):
+def chunked(q, k, v, beta, g, initial_state, *, implementation="xla_chunked"):
     return delta_rule(
         q, k, v, beta, g, initial_state=initial_state, output_final_state=True, chunk_size=16,
         use_qk_l2norm=True, implementation=implementation,
@@ -69,7 +69,7 @@ def test_step_loop_matches_chunked(T: int, gated: bool, use_state: bool) -> None
     o, S = step_loop(**inputs)
     assert o.shape == (B, T, H, V) and o.dtype == jnp.float32
     assert S.shape == (B, H, K, V) and S.dtype == jnp.float32
-    for implementation in ("reference", "xla"):
+    for implementation in ("reference", "xla_chunked"):
         o_want, S_want = chunked(**inputs, implementation=implementation)
         assert rel_err(o, o_want) < FP32_TOL, (implementation, rel_err(o, o_want))
         assert rel_err(S, S_want) < FP32_TOL, (implementation, rel_err(S, S_want))

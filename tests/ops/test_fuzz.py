@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numerics import rel_err
 
 from linmix.ops.attention import attention
 from linmix.ops.delta import delta_rule, delta_rule_step
 from linmix.ops.gla import gla, gla_step
 from linmix.ops.ssm import selective_scan, selective_scan_step
+from linmix.testing.numerics import rel_err
 
 DEFECTS = ("none", "rank", "heads", "batch", "gate_shape", "positive_gate", "segments", "chunk")
 TOL = 1e-4
@@ -32,11 +32,11 @@ def _check(call, defect: str):
     """Valid: finite and equal to the reference. Defective: a ValueError."""
     if defect != "none":
         try:
-            call("xla")
+            call("xla_chunked")
         except ValueError:
             return
         raise AssertionError(f"defect {defect!r} was accepted")
-    got, want = call("xla"), call("reference")
+    got, want = call("xla_chunked"), call("reference")
     assert np.isfinite(np.asarray(got, np.float32)).all()
     assert rel_err(got, want) < TOL
 
@@ -115,7 +115,7 @@ def test_selective_scan_random_calls(data):
     seg = _segments(rng, B, T, defect == "segments")
     _check(lambda impl: selective_scan(x, dt, A, Bm, C, segment_ids=seg,
                                        chunk_size=_chunk(defect),
-                                       implementation="chunked" if impl == "xla" else impl)[0],
+                                       implementation=impl)[0],
            defect)  # fmt: skip
 
 

@@ -52,7 +52,8 @@ def test_no_state_matches_reference(gate: str | None) -> None:
 
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize(
-    ("implementation", "chunk_size"), [("xla_chunked", 16), ("xla_chunked", 64), ("associative_scan", 16)]
+    ("implementation", "chunk_size"),
+    [("xla_chunked", 16), ("xla_chunked", 64), ("associative_scan", 16)],
 )
 def test_segments_match_reference(implementation: str, chunk_size: int, gate: str | None) -> None:
     T = 130
@@ -90,7 +91,8 @@ def test_bidirectional_matches_reference(
 @pytest.mark.parametrize("strength", [0.01, 20.0])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize(
-    ("implementation", "chunk_size"), [("xla_chunked", 16), ("xla_chunked", 64), ("associative_scan", 16)]
+    ("implementation", "chunk_size"),
+    [("xla_chunked", 16), ("xla_chunked", 64), ("associative_scan", 16)],
 )
 def test_gate_strengths(
     implementation: str, chunk_size: int, gate: str, strength: float, causal: bool

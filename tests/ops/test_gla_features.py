@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import rel_err
 
 from linmix.ops.gla import gla
 from linmix.ops.gla.features import (
@@ -19,6 +18,7 @@ from linmix.ops.gla.features import (
     random_projection,
     with_denominator,
 )
+from linmix.testing.numerics import rel_err
 
 B, T, H, K, V = 2, 24, 2, 8, 12
 FP32_TOL = 1e-4

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numerics import rel_err
 
 from linmix.ops.gla import features, gla, gla_step
 from linmix.ops.gla.scan import MAX_STATE_BYTES
+from linmix.testing.numerics import rel_err
 
 FP32_TOL = 1e-4
 
@@ -62,7 +62,7 @@ def problems(draw):
         chunk_size=draw(st.sampled_from([16, 32, 64, 128])),
         causal=draw(st.booleans()),
         with_state=draw(st.booleans()),
-        implementation=draw(st.sampled_from(["xla", "associative_scan"])),
+        implementation=draw(st.sampled_from(["xla_chunked", "associative_scan"])),
         seed=draw(st.integers(0, 2**16)),
     )
 
@@ -97,7 +97,7 @@ def test_length_65536_stays_finite_and_accurate(gate: str, strength: float) -> N
     S0 = jnp.asarray(rng.normal(size=(B, H, K, V)), jnp.float32)
     ct = jnp.asarray(rng.normal(size=(B, T, H, V)), jnp.float32)
     kw = dict(causal=True, chunk_size=64, with_state=True)
-    got = outputs_and_grads(q, k, v, g, None, S0, ct, implementation="xla", **kw)
+    got = outputs_and_grads(q, k, v, g, None, S0, ct, implementation="xla_chunked", **kw)
     want = outputs_and_grads(q, k, v, g, None, S0, ct, implementation="reference", **kw)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert np.isfinite(np.asarray(a)).all()
@@ -136,19 +136,22 @@ def test_chunked_backward_stores_no_per_token_state(gate: str | None) -> None:
 
     per_token_state_growth = B * T * H * K * (128 - 32) * 4
     assert growth("associative_scan") > per_token_state_growth
-    assert growth("xla") < per_token_state_growth / 4, (growth("xla"), per_token_state_growth)
+    assert growth("xla_chunked") < per_token_state_growth / 4, (
+        growth("xla_chunked"),
+        per_token_state_growth,
+    )
 
 
 def test_associative_scan_refuses_states_over_the_limit() -> None:
     B, H, K, V = 1, 1, 64, 64
     T = MAX_STATE_BYTES // (B * H * K * V * 4) + 1
     q = jnp.zeros((B, T, H, K), jnp.float32)
-    with pytest.raises(ValueError, match="implementation='xla'"):
+    with pytest.raises(ValueError, match="implementation='xla_chunked'"):
         jax.eval_shape(lambda q: gla(q, q, q, implementation="associative_scan"), q)
 
 
 @pytest.mark.parametrize("gate", [None, "scalar", "vector"])
-@pytest.mark.parametrize("implementation", ["xla", "associative_scan", "reference"])
+@pytest.mark.parametrize("implementation", ["xla_chunked", "associative_scan", "reference"])
 def test_normalize_equals_explicit_denominator(implementation: str, gate: str | None) -> None:
     """normalize=True == with_denominator + divide_by_denominator, causal (with the V + 1 state)
     and bidirectional, for every form."""

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import rel_err
 
 from linmix.ops.gla import gla
 from linmix.ops.gla.step import gla_step
+from linmix.testing.numerics import rel_err
 
 B, H, K, V = 2, 2, 8, 12
 FP32_TOL = 1e-4
@@ -84,7 +84,7 @@ def test_step_loop_matches_gla(T: int, gate: str | None, use_state: bool) -> Non
     o, S = step_loop(**inputs)
     assert o.shape == (B, T, H, V) and o.dtype == jnp.float32
     assert S.shape == (B, H, K, V) and S.dtype == jnp.float32
-    for implementation in ("reference", "xla"):
+    for implementation in ("reference", "xla_chunked"):
         o_want, S_want = gla_jit(**inputs, implementation=implementation)
         assert rel_err(o, o_want) < FP32_TOL, (implementation, rel_err(o, o_want))
         assert rel_err(S, S_want) < FP32_TOL, (implementation, rel_err(S, S_want))
@@ -100,7 +100,7 @@ def test_bf16_step_loop(gate: str) -> None:
     o_ref, S_ref = gla_jit(**inputs, implementation="reference")
     assert rel_err(o, o_ref) < BF16_TOL
     assert rel_err(S, S_ref) < BF16_TOL
-    o_same, S_same = gla_jit(**{**inputs, **bf16}, implementation="xla")
+    o_same, S_same = gla_jit(**{**inputs, **bf16}, implementation="xla_chunked")
     assert rel_err(o, o_same) < BF16_SAME_INPUT_TOL
     assert rel_err(S, S_same) < FP32_TOL  # the fp32 state never goes through bf16
 

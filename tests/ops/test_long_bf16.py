@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import rel_err
-from test_ssm_properties import random_problem as ssm_problem
 
 from linmix.ops.delta import delta_rule
 from linmix.ops.ssm import selective_scan
+from linmix.testing.numerics import rel_err
+from linmix.testing.ssm import random_problem as ssm_problem
 
 T = 65536
 BF16_TOL = 2e-2  # bf16 inputs and outputs, fp32 accumulation

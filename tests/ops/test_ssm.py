@@ -8,52 +8,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import rel_err
 
 from linmix.ops.ssm import selective_scan
 from linmix.ops.ssm.scan import MAX_STATE_BYTES
+from linmix.testing.numerics import rel_err
+from linmix.testing.ssm import Bt, Dc, N, make_inputs
 
-Bt, Dc, N = 2, 6, 4
 FP32_TOL = 1e-4
 # bf16 inputs vs the fp32 oracle on the unrounded inputs: bf16 keeps ~3 significant digits, so
 # input and output rounding alone give ~1e-2 relative error; the scan itself computes in fp32.
 BF16_TOL = 2e-2
-FORMS = ["chunked", "associative_scan"]
-# Step sizes delta = softplus(dt + dt_bias) around these values, with A[d, n] = -(n + 1) * (1 +
-# d / Dc): a weak decay keeps ~all of the state over 200 tokens (delta |A| ~ 1e-2 per step), a
-# strong one forgets it within a token or two (delta |A| up to ~50 per step).
-DELTAS = {"weak": 3e-3, "medium": 0.5, "strong": 6.0}
-
-
-def make_inputs(
-    T: int,
-    *,
-    groups: int | None = 2,
-    strength: str = "medium",
-    skip: bool = True,
-    gate: bool = True,
-    seed: int = 0,
-) -> dict[str, jax.Array | None]:
-    """Random inputs; groups None means ungrouped [B, T, N] B and C."""
-    rng = np.random.default_rng(seed)
-
-    def normal(*shape: int) -> jax.Array:
-        return jnp.asarray(rng.normal(size=shape), jnp.float32)
-
-    bc_shape = (Bt, T, N) if groups is None else (Bt, T, groups, N)
-    A = -np.arange(1, N + 1)[None, :] * (1 + np.arange(Dc)[:, None] / Dc)
-    inv_softplus = np.log(np.expm1(DELTAS[strength]))
-    return dict(
-        x=normal(Bt, T, Dc),
-        dt=0.5 * normal(Bt, T, Dc),
-        A=jnp.asarray(A, jnp.float32),
-        B=normal(*bc_shape),
-        C=normal(*bc_shape),
-        D=normal(Dc) if skip else None,
-        z=normal(Bt, T, Dc) if gate else None,
-        dt_bias=jnp.asarray(inv_softplus + 0.3 * rng.normal(size=Dc), jnp.float32),
-        initial_state=normal(Bt, Dc, N),
-    )
+FORMS = ["xla_chunked", "associative_scan"]
 
 
 def segments_from_starts(T: int, starts_per_row: list[list[int]]) -> jax.Array:
@@ -97,7 +62,7 @@ def compare(
     final: bool = True,
     dt_softplus: bool = True,
     tol: float = FP32_TOL,
-    implementation: str = "chunked",
+    implementation: str = "xla_chunked",
 ) -> tuple:
     """Assert form == reference for outputs and all gradients, and that everything is finite.
     Returns the form's (outputs, gradients)."""
@@ -125,7 +90,7 @@ def compare(
     ("implementation", "T"),
     # Lengths around the chunk edge matter to the chunked form only; the whole-sequence scan
     # gets the edge cases (one token, a non-power-of-two length).
-    [*(("chunked", T) for T in (1, 63, 64, 65, 200)), ("associative_scan", 1)]
+    [*(("xla_chunked", T) for T in (1, 63, 64, 65, 200)), ("associative_scan", 1)]
     + [("associative_scan", 200)],
 )
 def test_matches_reference(implementation: str, T: int) -> None:

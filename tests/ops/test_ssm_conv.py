@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import rel_err
 
 from linmix.ops.ssm import (
     causal_conv_reference,
@@ -18,6 +17,7 @@ from linmix.ops.ssm import (
     s4d_kernel,
     ssm_conv_reference,
 )
+from linmix.testing.numerics import rel_err
 
 Bt, H, N = 2, 3, 4
 FP32_TOL = 1e-4

@@ -9,45 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numerics import rel_err
 
 from linmix.ops.ssm import selective_scan
+from linmix.testing.numerics import rel_err
+from linmix.testing.ssm import random_problem
 
 FP32_TOL = 1e-4
-
-
-def random_problem(
-    rng: np.random.Generator,
-    Bt: int,
-    T: int,
-    Dc: int,
-    N: int,
-    groups: int | None,
-    log_delta: float,
-    n_segments: int = 1,
-) -> tuple[dict, jax.Array | None]:
-    """Inputs with delta = softplus(dt + dt_bias) ~ exp(log_delta) and A in [-4, -0.5]."""
-
-    def normal(*shape: int) -> jax.Array:
-        return jnp.asarray(rng.normal(size=shape), jnp.float32)
-
-    bc_shape = (Bt, T, N) if groups is None else (Bt, T, groups, N)
-    p = dict(
-        x=normal(Bt, T, Dc),
-        dt=0.5 * normal(Bt, T, Dc),
-        A=jnp.asarray(-rng.uniform(0.5, 4.0, size=(Dc, N)), jnp.float32),
-        B=normal(*bc_shape),
-        C=normal(*bc_shape),
-        D=normal(Dc),
-        z=normal(Bt, T, Dc),
-        dt_bias=jnp.asarray(np.log(np.expm1(np.exp(log_delta))) + 0.3 * rng.normal(size=Dc)),
-        initial_state=normal(Bt, Dc, N),
-    )
-    p["dt_bias"] = p["dt_bias"].astype(jnp.float32)
-    seg = None
-    if n_segments > 1:
-        seg = jnp.asarray(np.sort(rng.integers(0, n_segments, size=(Bt, T)), axis=1), jnp.int32)
-    return p, seg
 
 
 @functools.partial(jax.jit, static_argnames=("implementation", "chunk_size"))
@@ -77,7 +44,7 @@ def problems(draw):
         log_delta=draw(st.sampled_from([-6.0, -1.0, 1.5])),
         n_segments=draw(st.integers(1, 4)),
         chunk_size=draw(st.sampled_from([16, 32, 64, 128])),
-        implementation=draw(st.sampled_from(["chunked", "associative_scan"])),
+        implementation=draw(st.sampled_from(["xla_chunked", "associative_scan"])),
         seed=draw(st.integers(0, 2**16)),
     )
 
@@ -107,7 +74,7 @@ def test_length_65536_strong_decay_is_finite_and_accurate() -> None:
     gradient equal to the per-token oracle."""
     p, _ = random_problem(np.random.default_rng(11), 1, 65536, 2, 2, None, log_delta=1.5)
     ct = jnp.asarray(np.random.default_rng(12).normal(size=p["x"].shape), jnp.float32)
-    got = outputs_and_grads(p, None, ct, implementation="chunked", chunk_size=64)
+    got = outputs_and_grads(p, None, ct, implementation="xla_chunked", chunk_size=64)
     want = outputs_and_grads(p, None, ct, implementation="reference", chunk_size=64)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert np.isfinite(np.asarray(a)).all()

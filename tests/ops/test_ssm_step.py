@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numerics import rel_err
-from test_ssm import Bt, Dc, N, make_inputs
 
 from linmix.ops.ssm import selective_scan, selective_scan_step
+from linmix.testing.numerics import rel_err
+from linmix.testing.ssm import Bt, Dc, N, make_inputs
 
 FP32_TOL = 1e-4
 

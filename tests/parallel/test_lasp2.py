@@ -5,20 +5,15 @@ whose boundaries fall on, before and after shard edges, and with chunks that str
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
-from numerics import rel_err  # noqa: E402
-
 from linmix.ops.delta import delta_rule  # noqa: E402
 from linmix.ops.gla import gla  # noqa: E402
 from linmix.parallel import delta_rule_sharded, gla_sharded  # noqa: E402
+from linmix.testing.numerics import rel_err
 
 B, T, H, K, V = 2, 96, 2, 8, 12
 TOL = 1e-4
@@ -167,8 +162,8 @@ def test_triton_kernels_as_the_local_op():
                     segment_ids=seg, chunk_size=16)  # fmt: skip
 
     _check(
-        lambda x: sharded(x["q"], x["k"], x["v"], implementation="triton", **kwargs(x)),
-        lambda x: gla(x["q"], x["k"], x["v"], implementation="xla", **kwargs(x)),
+        lambda x: sharded(x["q"], x["k"], x["v"], implementation="jax_triton", **kwargs(x)),
+        lambda x: gla(x["q"], x["k"], x["v"], implementation="xla_chunked", **kwargs(x)),
         _inputs("scalar"),
         mesh,
     )

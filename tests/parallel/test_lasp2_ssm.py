@@ -6,9 +6,6 @@ the chunk size (12 / 8 on seq=8, 24 / 16 below), and collective traffic independ
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,12 +13,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
-from numerics import rel_err  # noqa: E402
-
 from linmix.ops.ssm import selective_scan  # noqa: E402
 from linmix.parallel import comm  # noqa: E402
 from linmix.parallel.lasp2_ssm import selective_scan_sharded  # noqa: E402
+from linmix.testing.numerics import rel_err
 
 B, T, Dc, N = 2, 96, 6, 4
 TOL = 1e-4

@@ -3,21 +3,16 @@ unsharded op, and collective-byte accounting: LASP-2 constant in T, all-gather-K
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
-from numerics import rel_err  # noqa: E402
-
 from linmix.ops.attention import attention  # noqa: E402
 from linmix.parallel import comm, gla_sharded  # noqa: E402
 from linmix.parallel.lasp2h import attention_allgather_kv, attention_ring  # noqa: E402
+from linmix.testing.numerics import rel_err
 
 B, T, H, D = 2, 64, 2, 8
 

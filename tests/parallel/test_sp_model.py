@@ -7,8 +7,6 @@ shards equal their unsharded forms. (AdamW over the mesh is checked end to end b
 from __future__ import annotations
 
 import functools
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +14,6 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
-from numerics import rel_err  # noqa: E402
 
 from linmix.data import IGNORE_INDEX  # noqa: E402
 from linmix.models import ModelConfig, layers  # noqa: E402
@@ -28,6 +23,7 @@ from linmix.models.mixers import recurrent  # noqa: E402
 from linmix.parallel import mesh_from_sizes  # noqa: E402
 from linmix.parallel.context import SequenceParallel  # noqa: E402
 from linmix.parallel.halo import next_token_targets, with_halo  # noqa: E402
+from linmix.testing.numerics import rel_err
 from linmix.train.sharding import (  # noqa: E402
     MIN_SHARDED,
     batch_sharding,
