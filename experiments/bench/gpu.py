@@ -1,12 +1,12 @@
 """GPU benchmark of the chunked engines: Pallas GPU kernels (Triton lowering: 'pallas_triton'; the
-Mosaic GPU kernels: 'pallas_mosaic_gpu'), Triton kernels through jax_triton ('jax_triton') vs the XLA
+Mosaic GPU: 'pallas_mosaic_gpu'), Triton kernels through jax_triton ('jax_triton') vs the XLA
 chunked form vs the PyTorch ecosystem's chunk kernels (flash-linear-attention, when `fla`
 imports), same shapes.
 
     python experiments/bench/gpu.py            # on a GPU machine: tests + table
     python experiments/bench/gpu.py --smoke    # tiny shapes, any backend (CPU: interpret mode)
 
-Per BENCHMARKS.md: bf16, B * T = 32k tokens, H = 16, K = V = 128, T in {2k, 8k, 32k}; forward
+Setup: bf16, B * T = 32k tokens, H = 16, K = V = 128, T in {2k, 8k, 32k}; forward
 and forward+backward (gradient of sum(o * ct) w.r.t. every input); median ms over --repeats
 after warm-up (fla autotunes on first calls: its warm-up is untimed too). Ceilings measured in
 the same run: bf16 matmul FLOP/s and device copy bytes/s. The kinds and their fla kernels:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import triton
 
-from linmix.ops.kernels.jax_triton import op as gla_triton
 from linmix.ops.kernels.jax_triton import compile as triton_compile
+from linmix.ops.kernels.jax_triton import op as gla_triton
 from ops import machine_info
 
 

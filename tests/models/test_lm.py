@@ -9,17 +9,13 @@ import pytest
 from flax import nnx
 
 from linmix.models import LM, REGISTRY, ModelConfig
+from linmix.testing.models import SMALL, make
 
 nnx.set_graph_mode(False)
 
 # One causal mixer per engine / form: the LM plumbing (scanned units, segments through blocks) is
 # what these tests check; every mixer itself is held to the same properties in test_mixers.py.
 MIXERS = ["alrnn", "attention", "deltanet", "gla", "lssl", "mamba"]
-SMALL = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=2, mlp_ratio=2.0, chunk_size=16)
-
-
-def make(mixer: str, **kw) -> LM:
-    return LM(ModelConfig(**{**SMALL, "mixer": mixer, **kw}), rngs=nnx.Rngs(0))
 
 
 def embed_fn(model: LM):

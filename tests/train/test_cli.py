@@ -14,6 +14,7 @@ CFG = "--config=ml_collections_configs/mqar.py"
     "args, needle",
     [
         ([f"{CFG}:mixer=nope"], "unknown mixer 'nope'"),
+        ([f"{CFG}:bogus=1"], "config variant 'bogus=1'"),
         ([CFG, "--config.train.stepz=3"], "unknown config key 'stepz'"),
         ([f"{CFG}:mixer=gla", "--config.model.mixer_options.expand_q=1"], "expand_q"),
         ([CFG, "--config.data.seq_len=63"], "seq_len must be even"),

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_loop import final_params, tiny_config
 
+from linmix.testing.train import final_params, tiny_config
 from linmix.train import loop
 from linmix.train.checkpoint import Checkpointer
 from linmix.train.guards import NonFiniteError

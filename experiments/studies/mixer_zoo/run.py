@@ -2,10 +2,10 @@
 
     python experiments/studies/mixer_zoo/run.py --steps 50     # writes results/ beside it
 
-Runs `python -m linmix.main --config=ml_collections_configs/mixers/NAME.py` for each causal mixer
-in the registry (paper defaults + the short conv every MQAR run uses), one after another, and
-writes `results.json` (per mixer: logged losses, wall seconds, parameters) and `results.md` (the
-table for the study README). A mixer whose run fails is recorded with its error, not fatal.
+Runs `python -m linmix.main --config=ml_collections_configs/mqar.py:mixer=NAME` for each causal
+mixer in the registry (paper defaults + the short conv every MQAR run uses), one after another,
+and writes `results.json` (per mixer: logged losses, wall seconds, parameters) and `results.md`
+(the table for the study README). A mixer whose run fails is recorded with its error, not fatal.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def run_one(name: str, steps: int, workdir: Path) -> dict:
     )  # fmt: skip
     cmd = [
         sys.executable, "-m", "linmix.main",
-        f"--config=ml_collections_configs/mixers/{name}.py", f"--workdir={workdir}",
+        f"--config=ml_collections_configs/mqar.py:mixer={name}", f"--workdir={workdir}",
         *(f"--config.train.{k}={v}" for k, v in train.items()),
     ]  # fmt: skip
     start = time.perf_counter()

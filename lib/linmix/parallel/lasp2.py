@@ -1,4 +1,4 @@
-"""LASP-2 sequence parallelism (MIXERS.md §1.8): one all-gather of fixed-size states per layer.
+"""LASP-2 sequence parallelism (docs/forms.md): one all-gather of fixed-size states per layer.
 
 The sequence is split over the mesh axis `seq` into W contiguous shards. For engine L each shard
 

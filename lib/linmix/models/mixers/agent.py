@@ -1,6 +1,6 @@
 """Agent attention (Han et al., ECCV 2024). Two small softmax attentions through n pooled agents.
 
-Special, non-causal (MIXERS.md §5.4, §8.3): no recurrent state, O(T n d). Per head, s = K^-1/2:
+Special, non-causal (docs/mixers.md): no recurrent state, O(T n d). Per head, s = K^-1/2:
 
     A   = AdaptiveAvgPool2d(Q) on the patch grid               (n = p x p agent tokens)
     V_A = softmax_T(s A K^T + B1) V                            (agent aggregation, [n, V])
@@ -41,7 +41,7 @@ BIAS_TABLE = 7  # side of the learned agent-bias tables (official code)
 
 @dataclasses.dataclass(frozen=True)
 class AgentOptions(Options):
-    # LeapLabTHU/Agent-Attention agent_deit.py and cfgs (MIXERS.md §5.4): 49 agents (7 x 7 pool),
+    # LeapLabTHU/Agent-Attention agent_deit.py and cfgs (docs/mixers.md): 49 agents (7 x 7 pool),
     # row/column bias tables of the DeiT grid side 14 (224 / 16), 3 x 3 DWC, biased projections.
     agent_num: int = 49  # a perfect square p * p
     window: int = 14  # length of the row / column bias tables

@@ -1,6 +1,6 @@
 """EcoFormer binary hashing attention (Liu et al., NeurIPS 2022). Non-causal class-I reduction
 over b-bit hash codes (one einsum per head, no engine call); the hash functions are fit outside
-SGD by kernelised supervised hashing (KSH); MIXERS.md §5.9.
+SGD by kernelised supervised hashing (KSH); docs/mixers.md.
 
     x_i  = qk_i / ||qk_i||                      (one shared query/key projection, per head)
     h(x) = sign(A (kappa(x) - mu)) in {-1,+1}^b,  kappa_m(x) = exp(-||x - a_m||^2 / (2 sigma^2))

@@ -1,7 +1,7 @@
-"""GLA (Yang et al. 2024), gated linear attention. Engine L, vector gate (class Vk), chunked form.
+"""GLA (Yang et al. 2024), gated linear attention. Engine L, vector gate, chunked form.
 
 Gate: log a_t = logsigmoid(x W1 W2 + b) / tau with a rank-16 W1 W2 and tau = 16; output
-RMSNorm(o) * swish(x W_g). Defaults follow fla's `layers/gla.py` (MIXERS.md §2.2).
+RMSNorm(o) * swish(x W_g). Defaults follow fla's `layers/gla.py` (docs/mixers.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""2-D patch-grid pieces shared by the bidirectional vision mixers (MIXERS.md §5).
+"""2-D patch-grid pieces shared by the bidirectional vision mixers (docs/mixers.md).
 
 These mixers see tokens as x [B, T, D] laid out row-major on an H x W patch grid (token
 t = row * W + col, the `(h w)` flattening of the official code). `grid_shape` recovers (H, W):

@@ -1,10 +1,10 @@
 """HGRN2 (Qin et al. 2024, "HGRN2: Gated Linear RNNs with State Expansion"). Engine L, vector
-gate (class Vk), chunked form: GLA with the key tied to the forget gate.
+gate, chunked form: GLA with the key tied to the forget gate.
 
 S_t = diag(f_t) S_{t-1} + (1 - f_t)^T i_t and o_t = swish(q_t) S_t / sqrt(K) per head, with the
 forget gate bounded below, f_t = γ + (1 - γ) σ(x W_f) (computed in log space), key dim K =
 `expand_ratio` per head and value dim D / H. The output is RMSNorm over the concatenated heads,
-then W_o (no output gate). fla's `layers/hgrn2.py` (MIXERS.md §2.5).
+then W_o (no output gate). fla's `layers/hgrn2.py` (docs/mixers.md).
 
 The lower bound: fla derives every layer's γ_l from one model-level P [L, D] (cumsum of its
 softmax over depth, so γ_0 = 0 and γ grows with depth). A mixer here sees only its own layer, so

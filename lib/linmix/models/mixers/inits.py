@@ -1,4 +1,4 @@
-"""Initialisers of the SSM-style gates (Mamba, Mamba2, Gated DeltaNet), MIXERS.md §0.2.
+"""Initialisers of the SSM-style gates (Mamba, Mamba2, Gated DeltaNet), docs/notation.md.
 
 The step size Δ = softplus(· + dt_bias) starts log-uniform in [dt_min, dt_max], so heads or
 channels begin with memory lengths spread over two decades; A = -exp(A_log) sets the decay rate.

@@ -1,6 +1,6 @@
 """InLine (Han et al., NeurIPS 2024), injective linear attention. Non-causal reduction + DW conv.
 
-Class I without a scan: one global state per head, no engine call (MIXERS.md §1.6, §5.3, §8.3).
+Class I without a scan: one global state per head, no engine call (docs/forms.md).
 Per head, with phi the kernel function (identity by default), s = K^-1/2 and N tokens, the
 weights are InL_ij = (s/N) phi(q_i).phi(k_j) - (s/N^2) sum_m phi(q_i).phi(k_m) + 1/N: they sum
 to 1 with no division, and the map q -> weights is injective. As a reduction:
@@ -37,7 +37,7 @@ KERNEL_FUNCS = {
 
 @dataclasses.dataclass(frozen=True)
 class InLineOptions(Options):
-    # LeapLabTHU/InLine models/inline_{deit,swin}.py (MIXERS.md §5.3): identity kernel function,
+    # LeapLabTHU/InLine models/inline_{deit,swin}.py (docs/mixers.md): identity kernel function,
     # the dynamic 3 x 3 residual conv, biased q/k/v and output projections.
     kernel_func: str = "identity"  # one of KERNEL_FUNCS
     local_conv: bool = True  # the dynamic depthwise conv on v

@@ -1,4 +1,4 @@
-"""JRT-RNN (Arora et al. 2024), Prefix Linear Attention. Engine L, no gate (class I), chunked form
+"""JRT-RNN (Arora et al. 2024), Prefix Linear Attention. Engine L, no gate, chunked form
 from a non-causal prefix state.
 
 With Taylor features phi (Based's 2nd-order expansion of exp, feature dim 16 per head) and a
@@ -22,8 +22,8 @@ is the first M tokens of each document. With a cache, the prefix is the first mi
 the first call (official code: the encoder runs at the first prefill only; the paper left-pads
 shorter prompts to M), so prefill >= M tokens, then decode, equals the whole-sequence output.
 
-The JRT model interleaves these layers with BaseConv and sliding-window attention (MIXERS.md
-§4.2); here it is one mixer, and `use_short_conv` (off by default, as in the official layer) adds
+The JRT model interleaves these layers with BaseConv and sliding-window attention (docs/mixers.md);
+here it is one mixer, and `use_short_conv` (off by default, as in the official layer) adds
 the local mixing alone: a causal short conv + SiLU on q, k_d, v_d and on k_e, v_e.
 """
 

@@ -1,6 +1,6 @@
 """L²ViT linear global attention with local concentration (Zheng, 2025). Non-causal class-I
 reduction with a clamped denominator (one einsum per head, no engine call) plus the local
-concentration module (LCM); MIXERS.md §5.6.
+concentration module (LCM); docs/mixers.md.
 
     a_i = relu(q_i) (tau_h sum_j relu(k_j)^T v_j) / max(relu(q_i) . sum_j relu(k_j), 100)
 

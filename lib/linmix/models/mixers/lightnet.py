@@ -1,4 +1,4 @@
-"""LightNet (Qin et al. 2024, "You Only Scan Once"). Engine L, vector gate (class Vk) from a running
+"""LightNet (Qin et al. 2024, "You Only Scan Once"). Engine L, vector gate from a running
 log-sum-exp, chunked form.
 
 Additive recurrence: per key channel i the normaliser z_t = log sum_{s<=t} exp(k_{s,i}) (fp32,
@@ -7,7 +7,7 @@ restarted at each document), the key exp(k_t - z_t) and the log-decay z_{t-1} - 
     S_t[i] = sum_{s<=t} e^{k_{s,i}} v_s / sum_{s<=t} e^{k_{s,i}}      (a softmax over time),
 
 o_t = SiLU(q_t) S_t with scale 1, then RMSNorm over all heads * swish(x W_g1 W_g2) and W_o. The
-decode cache holds S and z. Defaults follow fla's `layers/lightnet.py` (MIXERS.md §3.4): z starts
+decode cache holds S and z. Defaults follow fla's `layers/lightnet.py` (docs/mixers.md): z starts
 at -inf (no extra "sink" term, unlike xmixers' lse_state = 0), keys are raw logits (no
 activation), only q gets SiLU, and the optional short convs have no activation.
 """

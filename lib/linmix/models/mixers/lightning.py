@@ -1,5 +1,5 @@
 """Lightning Attention-2 (Qin et al. 2024) in the TransNormerLLM (TNL) layer. Engine L, fixed
-per-head scalar decay (class S0), chunked form (Lightning-2's tiling: §1.4 with b_r = r log λ).
+per-head scalar decay, chunked form (Lightning-2's tiling: §1.4 with b_r = r log λ).
 
 kv_t = λ_h kv_{t-1} + k_t^T v_t and o_t = q_t kv_t, with λ_h = exp(-s_h) from the ALiBi slopes
 s_h (2^(-8(h+1)/H) for a power-of-two H), scale 1 and no denominator. q, k, v = SiLU(x W); the
@@ -7,7 +7,7 @@ output is Norm(o) * sigmoid(x W_g1 W_g2) W_o, a low-rank gate of rank head_dim a
 the concatenated heads (LayerNorm in the official TNL layer; SimpleRMSNorm is an option).
 TNL shrinks the slopes with depth, s_h (1 - l/(L-1) + 1e-5) at layer l of L: `slope_scale`
 holds that factor (1: the first layer, and Lightning-2's own slopes). Defaults follow
-OpenNLPLab/lightning-attention `examples/module/tnl_attn.py` and `utils/utils.py` (MIXERS.md §3.2).
+OpenNLPLab/lightning-attention `examples/module/tnl_attn.py` and `utils/utils.py` (docs/mixers.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Vanilla kernel linear attention (Katharopoulos et al. 2020). Engine L, no gate (class I).
+"""Vanilla kernel linear attention (Katharopoulos et al. 2020). Engine L, no gate.
 
 o_t = phi(q_t) S_t with S_t = sum_{s<=t} phi(k_s)^T v_s; normalised either by the denominator
 phi(q_t) . sum phi(k_s) (a ones column appended to v) or, as fla defaults, by an RMSNorm on the
-output (MIXERS.md §2.0).
+output (docs/mixers.md).
 """
 
 from __future__ import annotations

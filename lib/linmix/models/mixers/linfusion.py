@@ -1,6 +1,6 @@
 """LinFusion generalised linear attention (Liu et al., 2024) and LiT simplified linear attention
 (Wang et al., 2025): one normalised non-causal class-I reduction (one einsum per head, no engine
-call) whose options select either paper; MIXERS.md §5.7-§5.8.
+call) whose options select either paper; docs/mixers.md-§5.8.
 
     q = W_q(x + MLP_q(x)),  k = W_k(x + MLP_k(x)),  v = W_v x     (MLP: Linear-LN-LeakyReLU-Linear)
     o_i = phi(q_i) KV / (phi(q_i) . z + eps) [+ DWC(V)_i],  then the output projection

@@ -1,4 +1,4 @@
-"""LongVQ (Liu et al., IJCAI 2024): VQ-attention on engine L (class I, chunked) in a MEGA block.
+"""LongVQ (Liu et al., IJCAI 2024): VQ-attention on engine L (no gate, chunked) in a MEGA block.
 
 MEGA block (Ma et al. 2023, `MovingAverageGatedAttention`) on the normed input x:
 
@@ -10,7 +10,7 @@ Attention: keys are RMS-normalised (no gain, as Transformer-VQ) and quantised to
 codeword c_z of a per-head codebook. Query t runs ONE softmax over its causal keys: the last
 `window` with the exact logit q.c_z / sqrt(K) plus a learned bias per lag, older keys through the
 codebook. Softmax over quantised keys is linear attention with phi_q = exp(q Cb^T / sqrt(K) - m)
-and phi_k = onehot(z) (MIXERS.md §7.3): the older part is engine L, class I, on the key stream
+and phi_k = onehot(z) (docs/mixers.md): the older part is engine L with no gate, on the key stream
 delayed by `window` (values [v, 1] carry the denominator); the window part is block-local
 attention. Decode keeps the engine state (per-code value sums and counts), the last `window` codes
 and values, and the EMA state: a fixed size. Straight-through VQ (k_hat = c_z + k - sg(k)): keys
@@ -20,7 +20,7 @@ Transformer-VQ weight 1e-4) is for a training loop to add.
 MEGA's EMA h_t = p beta x_t + (1 - p delta) h_{t-1}, y_t = gamma . h_t / sqrt(N) is engine L with
 one head per channel (K = N, V = 1, a constant vector gate), so packed segments, prefill and
 decode need nothing extra. LongVQ's own gating, window and codebook size are unverified
-(MIXERS.md §10); the defaults follow MEGA and Transformer-VQ.
+(docs/mixers.md); the defaults follow MEGA and Transformer-VQ.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ dt_h (`linmix.ops.ssm.s4d_discretize`, bilinear as in LSSL or ZOH as in S4D) to
 i.e. the causal convolution y = K * u + D u with K_l = Re(sum_n C_n Abar_n^l Bbar_n). The layer
 follows LSSL's `lssl.yaml` (channels 1, GELU, output linear "ff"), with its dense HiPPO-LegS A
 replaced by the S4D-LegS diagonal (eigenvalues of the normal part of HiPPO-LegS, B rotated into its
-eigenbasis; MIXERS.md §7.1), so a step costs O(N) instead of O(N^2). Complex modes come in
+eigenbasis; docs/mixers.md), so a step costs O(N) instead of O(N^2). Complex modes come in
 conjugate pairs: `state_size` modes stand for a real state of twice that order, and C carries
 each pair's factor 2.
 

@@ -5,7 +5,7 @@ Per inner channel d and state element n: h_t[d, n] = exp(Δ_t[d] A[d, n]) h_{t-1
 + Δ_t[d] B_t[n] x_t[d], y_t[d] = C_t h_t[d] + D_d x_t[d]. x and the gate z come from one
 projection; x goes through a causal depthwise conv + SiLU; Δ = softplus(low-rank(x) + dt_bias),
 B_t and C_t are projections of x; A = -exp(A_log) starts at S4D-real A[d, n] = -(n + 1); the
-output is y * SiLU(z), projected back. Defaults follow fla's `layers/mamba.py` (MIXERS.md §2.3).
+output is y * SiLU(z), projected back. Defaults follow fla's `layers/mamba.py` (docs/mixers.md).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Mamba2 (Dao & Gu 2024), state-space duality. Engine L, data-dependent scalar gate (class S1),
+"""Mamba2 (Dao & Gu 2024), state-space duality. Engine L, data-dependent scalar gate,
 chunked form.
 
 Per head h with head dim P and state size N: S_t = exp(Δ_t A_h) S_{t-1} + B_t^T (Δ_t x_t),
 y_t = C_t S_t + D_h x_t, i.e. gla with q = C, k = B, v = Δ x, log-decay Δ A_h and scale 1.
 One projection gives [z, x, B, C, Δ]; a causal depthwise conv + SiLU runs over (x, B, C); the
 output is RMSNorm(y * SiLU(z)) (norm after the gate) and a projection back. B and C are shared by
-the heads of a group. Defaults follow fla's `layers/mamba2.py` (MIXERS.md §2.4).
+the heads of a group. Defaults follow fla's `layers/mamba2.py` (docs/mixers.md).
 """
 
 from __future__ import annotations

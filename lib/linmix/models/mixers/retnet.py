@@ -1,7 +1,7 @@
 """RetNet (Sun et al. 2023), multi-scale retention. Engine L, fixed per-head scalar decay (S0).
 
 Decay a_h = 1 - 2^(-5-h); rotary q, k; output RMSNorm(o) * swish(x W_g). Defaults follow fla's
-`layers/multiscale_retention.py` (MIXERS.md §2.1).
+`layers/multiscale_retention.py` (docs/mixers.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SEA (Lee et al., ICLR 2024): top-k sparse softmax attention from an estimated compressed mask,
-the estimate from engine L (class I, normalised Performer linear attention, chunked form).
+the estimate from engine L (no gate, normalised Performer linear attention, chunked form).
 
-Causal form, per head (gmlwns2000/sea-attention, `perlin_attention`, MIXERS.md §7.4):
+Causal form, per head (gmlwns2000/sea-attention, `perlin_attention`, docs/mixers.md):
 
 1. Estimate. Normalised linear attention with FAVOR+ features (m = K ln K / nb_factor random
    features) reads values [v_s, pos(s)] (pos: a sinusoid of the position, where SEA learns a

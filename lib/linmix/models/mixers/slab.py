@@ -1,5 +1,5 @@
 """SLAB simplified linear attention (Guo et al., ICML 2024). Non-causal class-I reduction (one
-einsum per head, no engine call) plus a 5x5 depthwise conv on V; MIXERS.md §5.5.
+einsum per head, no engine call) plus a 5x5 depthwise conv on V; docs/mixers.md.
 
     k <- k + P                    (learned absolute position embedding, added to keys only)
     o_i = relu(q_i) sum_j relu(k_j)^T v_j / (relu(q_i) . sum_j relu(k_j) + 1e-6) + DWC(V)_i

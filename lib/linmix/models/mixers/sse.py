@@ -7,7 +7,7 @@ e_t = softmax(x_t W_e) over the N partitions picks the top-k writers W_t and rea
     Si_t = diag(a2_t)^{m_ti} Si_{t-1} + m_ti e_ti k2_t^T v_t,      m_ti = 1[i in W_t]
     o_t  = (q1_t S0_t + sum_{i in R_t} e_ti q2_t Si_t) / sqrt(K)
 
-Unselected partitions neither write nor decay. The mask form (MIXERS.md §4.1, fla `ops/sse/mask`)
+Unselected partitions neither write nor decay. The mask form (docs/mixers.md, fla `ops/sse/mask`)
 runs all of it as one GLA call on (N + 1) * H heads: head block 0 is the shared path, block i
 carries q2 e_i 1[R], k2 e_i 1[W], v 1[W] and the gate g2 1[W] (log-gate 0 = no decay), and the
 blocks are summed. It costs (N + 1) x a GLA layer; the varlen form (sorting tokens by partition)
@@ -17,7 +17,7 @@ router learns through e (read and write gates) and the load-balancing loss `aux_
 Maps: q = SiLU, k = softmax over the head dim, v = SiLU; q2 = q1 + LoRA(x), k2 = k1 + LoRA(x)
 (rank = head value dim, built from the projections before the conv); an optional short conv acts
 on q1, k1 only. The key softmax is dense, as in the released code: the row-level top-k of the
-paper's notation is not applied (MIXERS.md §4.1, code vs paper). Two rank-16 GLA gates
+paper's notation is not applied (docs/mixers.md, code vs paper). Two rank-16 GLA gates
 log a = logsigmoid(.) / 16. Output RMSNorm(o) * SiLU(x W_g1 W_g2) with a rank head-value-dim gate.
 Only SSE-GLA is implemented (the paper's main model); SSE-GDN (the same routing on engine Δ) is
 not.

@@ -1,5 +1,5 @@
 """TransNormer (Qin et al. 2022, "The Devil in Linear Transformer"). NormAttention: engine L, no
-gate (class I), chunked form; DiagAttention: softmax in non-overlapping blocks (no engine).
+gate, chunked form; DiagAttention: softmax in non-overlapping blocks (no engine).
 
 NormAttention: o = SimpleRMSNorm(concat_h phi(q) S_t) W_o with S_t = sum_{s<=t} phi(k_s)^T v_s,
 no denominator and no 1/sqrt(d) scaling (the paper's point: both make gradients unbounded); the
@@ -11,7 +11,7 @@ SimpleRMSNorm (T1). Packed documents start their own blocks.
 The paper stacks DiagAttention in the first half of the layers and NormAttention in the second
 (`attention` picks one per mixer). Defaults are the T2 model (`transnormer_t2`: 1+elu kernel,
 softmax blocks of 64) of OpenNLPLab/fairseq-evo `norm_linear_attention.py` and
-`norm_local_attention.py` (MIXERS.md §3.1).
+`norm_local_attention.py` (docs/mixers.md).
 """
 
 from __future__ import annotations

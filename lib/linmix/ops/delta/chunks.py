@@ -1,4 +1,4 @@
-"""Per-chunk pieces of the chunked (gated) delta rule (MIXERS.md §1.5), all chunks at once.
+"""Per-chunk pieces of the chunked (gated) delta rule (docs/forms.md), all chunks at once.
 
 Chunk n covers C consecutive positions; Q, K [C, K], V [C, V], beta [C] are its rows. With b_r
 the within-chunk inclusive cumulative log-decay (b = 0 without a gate) and S the state entering

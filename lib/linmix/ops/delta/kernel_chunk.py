@@ -1,7 +1,7 @@
 """One chunk of the (gated) delta rule on 2-D tiles, forward and backward: the body of the
 Pallas kernel runners (`linmix.ops.kernels`), which carry the state from chunk to chunk.
 
-The forward is the WY / UT form of `chunks.py` (MIXERS.md §1.5) for one chunk and a known
+The forward is the WY / UT form of `chunks.py` (docs/forms.md) for one chunk and a known
 entering state S:
 
     Gamma = exp(b_r - b_s) on strict same-segment pairs,   A = beta (K K^T) * Gamma

@@ -1,12 +1,12 @@
 """Oracle for the (gated) delta rule: the literal per-token recurrence, everything in fp32.
 
-Row convention (MIXERS.md §0.2, §2.6, §2.7), one head:
+Row convention (docs/notation.md), one head:
 
     S_t = a_t (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t,    o_t = scale * q_t S_t,
 
 with a_t = exp(g_t) (a_t = 1 for DeltaNet, g = None) and the state reset to zero at the first
 token of every packed segment. Each step is written as decay first, then the delta correction
-(MIXERS.md §1.7): S <- a S; S <- S + beta k^T (v - k S). It is slow (one scan step per token)
+(docs/forms.md): S <- a S; S <- S + beta k^T (v - k S). It is slow (one scan step per token)
 and exists to check the chunked form, not to be used for training.
 """
 

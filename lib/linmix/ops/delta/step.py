@@ -2,7 +2,7 @@
 
     S <- exp(g_t) S;    S <- S + beta_t k_t^T (v_t - k_t S);    o_t = scale * q_t S
 
-(decay first, then the delta correction, MIXERS.md §1.7). Looping `delta_rule_step` over the
+(decay first, then the delta correction, docs/forms.md). Looping `delta_rule_step` over the
 tokens of a sequence gives the outputs and final state of
 `delta_rule(..., output_final_state=True)` (without segment_ids: reset the state yourself).
 The cost is O(H K V) per token.

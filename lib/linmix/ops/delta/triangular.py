@@ -1,6 +1,6 @@
 """(I + A)^-1 for a batch of strictly lower triangular C x C matrices A.
 
-The delta rule's UT transform (MIXERS.md §1.5) needs Tm = (I + A)^-1 for every chunk. It is
+The delta rule's UT transform (docs/forms.md) needs Tm = (I + A)^-1 for every chunk. It is
 computed by forward substitution, one row per step of a `lax.fori_loop`, all matrices at once:
 
     Tm[0] = e_0,    Tm[r] = e_r - sum_{j < r} A[r, j] Tm[j]

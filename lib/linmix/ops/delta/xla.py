@@ -1,6 +1,6 @@
 """Chunked (gated) delta rule in plain XLA ops, with a memory-efficient custom backward.
 
-The per-chunk pieces (`chunks.chunk_terms`: the WY / UT transform, MIXERS.md §1.5) are computed
+The per-chunk pieces (`chunks.chunk_terms`: the WY / UT transform, docs/forms.md) are computed
 for all chunks at once. Each chunk is then an affine map of the state entering it,
 
     O_n = scale * (O_intra_n + Q_eff_n S_[n]),    S_[n+1] = M_n S_[n] + dS_n,

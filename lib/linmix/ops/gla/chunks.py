@@ -1,4 +1,4 @@
-"""Per-chunk pieces of the chunked gated linear attention (MIXERS.md §1.4), all chunks at once.
+"""Per-chunk pieces of the chunked gated linear attention (docs/forms.md), all chunks at once.
 
 Chunk n covers C consecutive positions. With b_r the within-chunk inclusive cumulative log-decay
 (b_0 = 0) and S_[n] the state entering the chunk:
@@ -137,7 +137,7 @@ def _intra_vector(
     """P[r, s] = sum_i q_ri k_si exp(b_ri - b_si) for s <= r in one segment, per-channel decay.
 
     The decay does not factor out of the key sum, and Q exp(b) (K exp(-b))^T would overflow. The
-    chunk is cut into sub-chunks of c = SUBCHUNK positions (MIXERS.md §1.4, secondary chunking):
+    chunk is cut into sub-chunks of c = SUBCHUNK positions (docs/forms.md, secondary chunking):
     - a query in sub-chunk i and a key in an earlier sub-chunk meet at the reference point
       rho_i = b at the end of sub-chunk i - 1: P = (q exp(b_r - rho_i)) . (k exp(rho_i - b_s)),
       both exponents <= 0, one matmul per sub-chunk;

@@ -1,7 +1,7 @@
 """One chunk of gated linear attention, forward and backward, on 2-D tiles: the body of the
 Pallas kernel runners (`linmix.ops.kernels`), which carry the state from chunk to chunk.
 
-Notation (MIXERS.md §1.4): a chunk holds C tokens; q, k [C, K], v [C, V], log-gates g [C, X]
+Notation (docs/forms.md): a chunk holds C tokens; q, k [C, K], v [C, V], log-gates g [C, X]
 (X = 1 scalar, X = K per channel; no gate is g = None); S [K, V] the state entering the chunk,
 lam [K, V] the gradient of the state leaving it; b the inclusive within-chunk cumulative
 log-decay, e_s = sum_{j > s} g_j the decay from key s to the chunk end.

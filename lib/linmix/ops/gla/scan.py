@@ -1,4 +1,4 @@
-"""Gated linear attention as a parallel prefix scan (`jax.lax.associative_scan`, MIXERS.md §1.2).
+"""Gated linear attention as a parallel prefix scan (`jax.lax.associative_scan`, docs/forms.md).
 
 Each token is the pair (a_t, B_t) = (exp(g_t), k_t^T v_t) of S_t = a_t S_{t-1} + B_t, and pairs
 compose as (a1, B1) then (a2, B2) -> (a2 a1, a2 B1 + B2). The scan has O(log T) depth but

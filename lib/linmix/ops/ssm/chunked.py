@@ -1,7 +1,7 @@
 """Chunked selective scan: `lax.scan` over chunks, a parallel prefix scan within each chunk.
 
 The class-E decay exp(delta_t[d] A[d, n]) differs per channel and per state element, so the
-matmul-based chunk form of engine L does not apply (MIXERS.md §2.3, §8.3). Instead the sequence is
+matmul-based chunk form of engine L does not apply (docs/mixers.md). Instead the sequence is
 cut into M = T / C chunks and a `lax.scan` carries the state h [B, D, N] across them. Inside a
 chunk the state entering it is folded into the first token (b_1 += a_1 h_in) and the chunk is an
 `associative_scan` over its C elementwise pairs (a_t, b_t) (`scan.linear_recurrence`, whose

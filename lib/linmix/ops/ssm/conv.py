@@ -1,4 +1,4 @@
-"""Convolution mode of a time-invariant diagonal SSM (S4D; LSSL-style layers, MIXERS.md §7.1).
+"""Convolution mode of a time-invariant diagonal SSM (S4D; LSSL-style layers, docs/mixers.md).
 
 Per channel h with a diagonal state of size N (complex or real A with negative real part):
 

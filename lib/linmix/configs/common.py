@@ -6,6 +6,8 @@ import dataclasses
 
 from ml_collections import ConfigDict
 
+from linmix.models import REGISTRY
+
 
 def parse_variant(arg: str | None, allowed: dict[str, object]) -> dict[str, object]:
     """'mixer=gla,layers=4' -> {'mixer': 'gla', 'layers': 4}, typed like the defaults."""
@@ -23,8 +25,6 @@ def parse_variant(arg: str | None, allowed: dict[str, object]) -> dict[str, obje
 
 def mixer_options(name: str) -> ConfigDict:
     """The mixer's paper-default options, so `--config.model.mixer_options.X=v` is checked."""
-    from linmix.models.mixers import REGISTRY
-
     if name not in REGISTRY:
         raise ValueError(f"unknown mixer {name!r}; known: {sorted(REGISTRY)}")
     fields = dataclasses.fields(REGISTRY[name].Options)
