@@ -254,7 +254,7 @@ def test_associative_scan_refuses_states_over_the_limit() -> None:
     def run(x, B):
         return selective_scan(x, x, -A, B, B, implementation="associative_scan")
 
-    with pytest.raises(ValueError, match="implementation='chunked'"):
+    with pytest.raises(ValueError, match="implementation='xla_chunked'"):
         jax.eval_shape(run, x, BC)
     # The chunked form takes the same problem.
     jax.eval_shape(lambda x, B: selective_scan(x, x, -A, B, B), x, BC)
@@ -300,5 +300,5 @@ def test_validation_errors(case: tuple[str, dict]) -> None:
 
 def test_unknown_implementation_names_choices() -> None:
     p = make_inputs(2)
-    with pytest.raises(ValueError, match="chunked"):
+    with pytest.raises(ValueError, match="xla_chunked"):
         selective_scan(p["x"], p["dt"], p["A"], p["B"], p["C"], implementation="xla")

@@ -124,7 +124,7 @@ def summary(name: str) -> tuple[str, str]:
     engine = " ".join(rest)
     if not engine and (colon := _top_level_colon(first)) >= 0:
         first, engine = first[:colon] + ".", first[colon + 2 :]
-    engine = re.sub(r";? ?MIXERS\.md §[\w.§-]*", "", engine).strip()
+    engine = engine.strip()
     return first.rstrip("."), (engine[:1].upper() + engine[1:]).rstrip(".")
 
 

@@ -53,28 +53,29 @@ def rotary(x_BTHK: jax.Array, pos_BT: jax.Array, base: float = 10000.0) -> jax.A
     """Rotary position embedding on the last dim (split-halves convention), computed in fp32."""
     k = x_BTHK.shape[-1]
     half = k // 2
-    freq_F = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angle_BTF = pos_BT[..., None].astype(jnp.float32) * freq_F[None, None, :]
-    cos_BT1F = jnp.cos(angle_BTF)[:, :, None, :]
-    sin_BT1F = jnp.sin(angle_BTF)[:, :, None, :]
+    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = pos_BT[..., None].astype(jnp.float32) * freq[None, None, :]  # [B, T, K/2]
+    cos = jnp.cos(angle)[:, :, None, :]
+    sin = jnp.sin(angle)[:, :, None, :]
     x = x_BTHK.astype(jnp.float32)
     x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
-    out = jnp.concatenate([x1 * cos_BT1F - x2 * sin_BT1F, x2 * cos_BT1F + x1 * sin_BT1F, rest], -1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], -1)
     return out.astype(x_BTHK.dtype)
 
 
 def causal_conv(x_BTC: jax.Array, segment_ids_BT: jax.Array | None, kernel_WC: jax.Array):
-    """y_t = sum_j kernel[j] * x_{t-j} over j < W, only over x_{t-j} in t's segment."""
-    w_W11C = kernel_WC[:, None, None, :]
-    y_BTC = x_BTC * w_W11C[0]
+    """y_t = sum_j kernel[j] * x_{t-j} over the U taps j < U, only over x_{t-j} in t's segment:
+    x [B, T, D], kernel [U, D]."""
+    w_U11D = kernel_WC[:, None, None, :]
+    y_BTD = x_BTC * w_U11D[0]
     for j in range(1, kernel_WC.shape[0]):
-        shifted_BTC = jnp.pad(x_BTC, ((0, 0), (j, 0), (0, 0)))[:, : x_BTC.shape[1]]
+        shifted_BTD = jnp.pad(x_BTC, ((0, 0), (j, 0), (0, 0)))[:, : x_BTC.shape[1]]
         if segment_ids_BT is not None:
             seg_prev_BT = jnp.pad(segment_ids_BT, ((0, 0), (j, 0)), constant_values=-1)
             same_BT = seg_prev_BT[:, : x_BTC.shape[1]] == segment_ids_BT
-            shifted_BTC = jnp.where(same_BT[..., None], shifted_BTC, 0)
-        y_BTC = y_BTC + shifted_BTC * w_W11C[j]
-    return y_BTC
+            shifted_BTD = jnp.where(same_BT[..., None], shifted_BTD, 0)
+        y_BTD = y_BTD + shifted_BTD * w_U11D[j]
+    return y_BTD
 
 
 class ShortConv(nnx.Module):
@@ -92,20 +93,20 @@ class ShortConv(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_BTC: jax.Array, segment_ids_BT: jax.Array | None = None) -> jax.Array:
-        kernel_WC = self.kernel[...].astype(self.dtype)
+        kernel_UD = self.kernel[...].astype(self.dtype)
         x_BTC = x_BTC.astype(self.dtype)
         sp = active()
         if sp is None:
-            return causal_conv(x_BTC, segment_ids_BT, kernel_WC)
+            return causal_conv(x_BTC, segment_ids_BT, kernel_UD)
         # Sequence sharded: each shard also reads the previous shard's last width - 1 inputs.
-        return with_halo(causal_conv, x_BTC, segment_ids_BT, self.width - 1, sp, kernel_WC)
+        return with_halo(causal_conv, x_BTC, segment_ids_BT, self.width - 1, sp, kernel_UD)
 
     def init_cache(self, batch: int) -> jax.Array:
         """The decode cache: the last width - 1 inputs, zeros before the sequence starts."""
         return jnp.zeros((batch, self.width - 1, self.kernel.shape[1]), self.dtype)
 
     def extend(self, x_BTC: jax.Array, tail_BWC: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Continue a sequence whose last width - 1 inputs are `tail`: (y [B, T, C], new tail)."""
+        """Continue a sequence whose last width - 1 inputs are `tail`: (y [B, T, D], new tail)."""
         w = self.width - 1
-        xx_BSC = jnp.concatenate([tail_BWC.astype(self.dtype), x_BTC.astype(self.dtype)], axis=1)
-        return self(xx_BSC)[:, w:], xx_BSC[:, xx_BSC.shape[1] - w :]
+        xx_BTD = jnp.concatenate([tail_BWC.astype(self.dtype), x_BTC.astype(self.dtype)], axis=1)
+        return self(xx_BTD)[:, w:], xx_BTD[:, xx_BTD.shape[1] - w :]

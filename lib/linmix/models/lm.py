@@ -98,6 +98,6 @@ class LM(nnx.Module):
     def logits(self, h_XD: jax.Array) -> jax.Array:
         """fp32 logits for hidden states of any leading shape [..., D]."""
         # Flattened to one 2-D matmul: XLA:CPU runs it several times faster than the 3-D form.
-        h_MD = h_XD.reshape(-1, h_XD.shape[-1])
-        logits_ME = self.embed.attend(h_MD) if self.head is None else self.head(h_MD)
-        return logits_ME.astype(jnp.float32).reshape(*h_XD.shape[:-1], -1)
+        rows = h_XD.reshape(-1, h_XD.shape[-1])
+        row_logits = self.embed.attend(rows) if self.head is None else self.head(rows)
+        return row_logits.astype(jnp.float32).reshape(*h_XD.shape[:-1], -1)

@@ -54,6 +54,6 @@ def shard_tokens(x_BT: jax.Array) -> jax.Array:
     sp = active()
     if sp is None:
         return x_BT
-    from linmix.parallel.lasp2 import _specs, place  # one definition of the batch axes
+    from linmix.parallel.lasp2 import place, sequence_specs  # one definition of the batch axes
 
-    return place(x_BT, sp.mesh, _specs(sp.mesh, sp.axis)[0])
+    return place(x_BT, sp.mesh, sequence_specs(sp.mesh, sp.axis)[0])

@@ -1,5 +1,6 @@
 """Token-local operations across `seq` shards: a halo of preceding tokens for causal windows
-(short convolutions), and next-token targets whose last token comes from the following shard.
+(short convolutions), and next-token targets whose last token comes from the following shard
+(docs/forms.md#token-local-operations-across-shards).
 
 Each shard sends `halo` boundary tokens to its neighbour with one collective-permute; the first
 shard receives nothing (a zero input from before the sequence, with a segment id unlike any
@@ -16,7 +17,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from linmix.parallel.context import SequenceParallel
-from linmix.parallel.lasp2 import _shard_map, _specs
+from linmix.parallel.lasp2 import sequence_specs, shard_map_inputs
 
 
 def _from_neighbour(x, axis: str, size: int, step: int):
@@ -29,11 +30,11 @@ def with_halo(
     fn: Callable, x_BTC: jax.Array, segment_ids_BT: jax.Array | None, halo: int,
     sp: SequenceParallel, *params: jax.Array,
 ) -> jax.Array:  # fmt: skip
-    """`fn(x_BSC, segment_ids_BS, *params)` for a causal op whose output at t reads inputs
+    """`fn(x, segment_ids, *params)` for a causal op whose output at t reads inputs
     t - halo .. t only, over a sequence sharded on `sp.axis`: each shard runs `fn` on its tokens
     preceded by the previous shard's last `halo` tokens and keeps its own outputs. `params`
     are replicated."""
-    spec_T, _ = _specs(sp.mesh, sp.axis)
+    spec_T, _ = sequence_specs(sp.mesh, sp.axis)
     seg = jnp.zeros(x_BTC.shape[:2], jnp.int32) if segment_ids_BT is None else segment_ids_BT
     Tl = x_BTC.shape[1] // sp.size
     if not 0 <= halo <= Tl:
@@ -53,7 +54,7 @@ def with_halo(
     named = {f"p{i}": p for i, p in enumerate(params)}
     args = dict(x=x_BTC, seg=seg, **named)
     specs = dict(x=spec_T, seg=spec_T, **{n: P() for n in named})
-    return _shard_map(shard, sp.mesh, args, specs, spec_T)
+    return shard_map_inputs(shard, sp.mesh, args, specs, spec_T)
 
 
 def next_token_targets(
@@ -71,7 +72,7 @@ def next_token_targets(
 
     if sp is None:
         return local(tokens_BT, seg, tokens_BT[:, :1], seg[:, :1] - 1)
-    spec_T, _ = _specs(sp.mesh, sp.axis)
+    spec_T, _ = sequence_specs(sp.mesh, sp.axis)
 
     def shard(tok, seg):
         last = lax.axis_index(sp.axis) == sp.size - 1
@@ -79,5 +80,6 @@ def next_token_targets(
         seg_next = _from_neighbour(seg[:, :1], sp.axis, sp.size, -1)
         return local(tok, seg, tok_next, jnp.where(last, seg[:, -1:] - 1, seg_next))
 
-    return _shard_map(shard, sp.mesh, dict(tok=tokens_BT, seg=seg), dict(tok=spec_T, seg=spec_T),
-                      spec_T)  # fmt: skip
+    return shard_map_inputs(
+        shard, sp.mesh, dict(tok=tokens_BT, seg=seg), dict(tok=spec_T, seg=spec_T), spec_T
+    )

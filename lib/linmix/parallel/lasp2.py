@@ -1,4 +1,5 @@
-"""LASP-2 sequence parallelism (docs/forms.md): one all-gather of fixed-size states per layer.
+"""LASP-2 sequence parallelism: one all-gather of fixed-size states per layer
+(docs/forms.md#sequence-parallelism-lasp-2).
 
 The sequence is split over the mesh axis `seq` into W contiguous shards. For engine L each shard
 
@@ -36,13 +37,13 @@ from linmix.ops.gla.features import divide_by_denominator, with_denominator
 _F32 = jnp.float32
 
 
-def _specs(mesh, seq_axis: str):
+def sequence_specs(mesh, seq_axis: str):
     """Batch over every other mesh axis of size > 1, time over `seq_axis`, the rest replicated."""
     batch = tuple(a for a in mesh.axis_names if a != seq_axis and mesh.shape[a] > 1) or None
     return P(batch, seq_axis), P(batch)
 
 
-def _segment_info(seg_BT, seq_axis: str):
+def shard_segments(seg_BT, seq_axis: str):
     """Per shard: does it continue the segment open at the end of the previous shard (True for
     shard 0: the initial state feeds the first segment), which tokens still read the carried
     state, and does the carried state survive the whole shard. All [B, ...] bool."""
@@ -55,7 +56,7 @@ def _segment_info(seg_BT, seq_axis: str):
     return reads_BT, keeps_B
 
 
-def _prefix(a_W, M_W, S0, seq_axis: str, *, transition: bool = False):
+def shard_prefix(a_W, M_W, S0, seq_axis: str, *, transition: bool = False):
     """States entering each shard, S_w = a_{w-1} S_{w-1} + M_{w-1}, and the final state. a_W
     multiplies elementwise (broadcast), or left-multiplies when it is a K x K `transition`."""
     S, entering = S0, []
@@ -76,7 +77,7 @@ def place(x: jax.Array, mesh, spec: P) -> jax.Array:
     return lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
 
 
-def _shard_map(fn, mesh, args: dict, specs: dict, out_specs):
+def shard_map_inputs(fn, mesh, args: dict, specs: dict, out_specs):
     """shard_map over the inputs that are present (None entries are passed through as None),
     each placed as its spec first."""
     names = [n for n, x in args.items() if x is not None]
@@ -99,7 +100,7 @@ def gla_sharded(mesh, seq_axis: str = "seq"):
     Same arguments and results as `gla` (causal=True); inputs may have any sharding (they are
     resharded to batch over the other mesh axes, time over `seq_axis`).
     """
-    spec_T, spec_B = _specs(mesh, seq_axis)
+    spec_T, spec_B = sequence_specs(mesh, seq_axis)
 
     def run(q, k, v, g=None, *, scale=None, initial_state=None, output_final_state=False,
             segment_ids=None, normalize=False, chunk_size=64, implementation=None):  # fmt: skip
@@ -113,19 +114,19 @@ def gla_sharded(mesh, seq_axis: str = "seq"):
         def shard(q, k, v, g, S0, seg):
             o, M = local(q, k, v, g, segment_ids=seg, output_final_state=True)
             seg = jnp.zeros(q.shape[:2], jnp.int32) if seg is None else seg
-            reads_BT, keeps_B = _segment_info(seg, seq_axis)
+            reads_BT, keeps_B = shard_segments(seg, seq_axis)
             b_BTHX = _log_decay(g, q.shape)
             a_BHX = jnp.exp(b_BTHX[:, -1]) * keeps_B[:, None, None]
             a_W = lax.all_gather(a_BHX[..., None], seq_axis)  # [W, B, H, X, 1]
             M_W = lax.all_gather(M, seq_axis)
-            S_in, S_final = _prefix(a_W, M_W, S0.astype(_F32), seq_axis)
+            S_in, S_final = shard_prefix(a_W, M_W, S0.astype(_F32), seq_axis)
             q_decay = q.astype(_F32) * jnp.exp(b_BTHX) * reads_BT[:, :, None, None]
             o = o.astype(_F32) + scale * jnp.einsum("bthk,bhkv->bthv", q_decay, S_in)
             return o.astype(q.dtype), S_final
 
         args = dict(q=q, k=k, v=v, g=g, S0=S0, seg=segment_ids)
         specs = dict(q=spec_T, k=spec_T, v=spec_T, g=spec_T, S0=spec_B, seg=spec_T)
-        o, S = _shard_map(shard, mesh, args, specs, (spec_T, spec_B))
+        o, S = shard_map_inputs(shard, mesh, args, specs, (spec_T, spec_B))
         if normalize:
             o = divide_by_denominator(o.astype(_F32)).astype(q.dtype)
         return o, (S if output_final_state else None)
@@ -147,7 +148,7 @@ def delta_rule_sharded(mesh, seq_axis: str = "seq"):
     Same arguments and results as `delta_rule`. Each shard runs its local op twice: once from
     [0 | I] with values [v | 0] (its state and transition), once from the gathered prefix.
     """
-    spec_T, spec_B = _specs(mesh, seq_axis)
+    spec_T, spec_B = sequence_specs(mesh, seq_axis)
 
     def run(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False,
             segment_ids=None, use_qk_l2norm=False, chunk_size=64, implementation=None):  # fmt: skip
@@ -169,12 +170,12 @@ def delta_rule_sharded(mesh, seq_axis: str = "seq"):
             S_ext0 = jnp.concatenate([jnp.zeros((Bl, H, K, V), _F32), eye], axis=-1)
             _, S_ext = local(q, k, v_ext, beta, g, initial_state=S_ext0, segment_ids=seg)
             M, Tr = S_ext[..., :V], S_ext[..., V:]
-            seg_info = _segment_info(
+            seg_info = shard_segments(
                 jnp.zeros((Bl, Tl), jnp.int32) if seg is None else seg, seq_axis
             )
             reads_BT, keeps_B = seg_info
             Tr = Tr * keeps_B[:, None, None, None]
-            S_in, S_final = _prefix(
+            S_in, S_final = shard_prefix(
                 lax.all_gather(Tr, seq_axis), lax.all_gather(M, seq_axis), S0.astype(_F32),
                 seq_axis, transition=True,
             )  # fmt: skip
@@ -186,7 +187,7 @@ def delta_rule_sharded(mesh, seq_axis: str = "seq"):
 
         args = dict(q=q, k=k, v=v, beta=beta, g=g, S0=S0, seg=segment_ids)
         specs = dict(q=spec_T, k=spec_T, v=spec_T, beta=spec_T, g=spec_T, S0=spec_B, seg=spec_T)
-        o, S = _shard_map(shard, mesh, args, specs, (spec_T, spec_B))
+        o, S = shard_map_inputs(shard, mesh, args, specs, (spec_T, spec_B))
         return o, (S if output_final_state else None)
 
     return run

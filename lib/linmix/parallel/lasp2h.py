@@ -1,4 +1,5 @@
-"""Softmax attention over a sequence sharded on `seq`: LASP-2H and the ring baseline.
+"""Softmax attention over a sequence sharded on `seq`: LASP-2H and the ring baseline
+(docs/forms.md#softmax-attention-over-shards).
 
 - `attention_allgather_kv` (LASP-2H's softmax layers): one all-gather of K, V (and segment ids)
   over `seq`; each shard attends from its queries to every key, causally by global position.
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from linmix.parallel.lasp2 import _shard_map, _specs
+from linmix.parallel.lasp2 import sequence_specs, shard_map_inputs
 
 _F32 = jnp.float32
 _NEG = -1e30  # finite: a fully masked block must not turn the online softmax into NaN
@@ -39,7 +40,7 @@ def _local_positions(Tl: int, seq_axis: str):
 
 
 def attention_allgather_kv(mesh, seq_axis: str = "seq"):
-    spec_T, _ = _specs(mesh, seq_axis)
+    spec_T, _ = sequence_specs(mesh, seq_axis)
 
     def run(q, k, v, *, scale=None, segment_ids=None, window=None):
         scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -58,13 +59,13 @@ def attention_allgather_kv(mesh, seq_axis: str = "seq"):
 
         args = dict(q=q, k=k, v=v, seg=seg)
         specs = dict(q=spec_T, k=spec_T, v=spec_T, seg=spec_T)
-        return _shard_map(shard, mesh, args, specs, spec_T)
+        return shard_map_inputs(shard, mesh, args, specs, spec_T)
 
     return run
 
 
 def attention_ring(mesh, seq_axis: str = "seq"):
-    spec_T, _ = _specs(mesh, seq_axis)
+    spec_T, _ = sequence_specs(mesh, seq_axis)
     W = mesh.shape[seq_axis]
 
     def run(q, k, v, *, scale=None, segment_ids=None):
@@ -97,6 +98,6 @@ def attention_ring(mesh, seq_axis: str = "seq"):
 
         args = dict(q=q, k=k, v=v, seg=seg)
         specs = dict(q=spec_T, k=spec_T, v=spec_T, seg=spec_T)
-        return _shard_map(shard, mesh, args, specs, spec_T)
+        return shard_map_inputs(shard, mesh, args, specs, spec_T)
 
     return run

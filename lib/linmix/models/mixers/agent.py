@@ -1,6 +1,6 @@
 """Agent attention (Han et al., ECCV 2024). Two small softmax attentions through n pooled agents.
 
-Special, non-causal (docs/mixers.md): no recurrent state, O(T n d). Per head, s = K^-1/2:
+Special, non-causal (docs/mixers.md#agent): no recurrent state, O(T n d). Per head, s = K^-1/2:
 
     A   = AdaptiveAvgPool2d(Q) on the patch grid               (n = p x p agent tokens)
     V_A = softmax_T(s A K^T + B1) V                            (agent aggregation, [n, V])
@@ -41,8 +41,9 @@ BIAS_TABLE = 7  # side of the learned agent-bias tables (official code)
 
 @dataclasses.dataclass(frozen=True)
 class AgentOptions(Options):
-    # LeapLabTHU/Agent-Attention agent_deit.py and cfgs (docs/mixers.md): 49 agents (7 x 7 pool),
-    # row/column bias tables of the DeiT grid side 14 (224 / 16), 3 x 3 DWC, biased projections.
+    # LeapLabTHU/Agent-Attention agent_deit.py and cfgs (docs/mixers.md#agent): 49 agents
+    # (7 x 7 pool), row/column bias tables of the DeiT grid side 14 (224 / 16), 3 x 3 DWC,
+    # biased projections.
     agent_num: int = 49  # a perfect square p * p
     window: int = 14  # length of the row / column bias tables
     dwc_size: int = 3  # odd kernel side of the depthwise conv on v; 0 disables it
@@ -50,21 +51,21 @@ class AgentOptions(Options):
 
 
 def agent_pool(q_BTHK: jax.Array, grid: tuple[int, int], side: int) -> jax.Array:
-    """Agent tokens [B, n, H, K]: adaptive average pooling of q on the grid to side x side."""
+    """Agent tokens [B, A, H, K]: adaptive average pooling of q on the grid to side x side."""
     (gh, gw), (b, _, h, k) = grid, q_BTHK.shape
     ph, pw = (jnp.asarray(adaptive_pool_matrix(g, side)) for g in (gh, gw))
-    q_BRCF = q_BTHK.reshape(b, gh, gw, h * k)
-    a_BIJF = jnp.einsum("ir,js,brsf->bijf", ph, pw, q_BRCF.astype(jnp.float32))
-    return a_BIJF.reshape(b, side * side, h, k)
+    q_BPQD = q_BTHK.reshape(b, gh, gw, h * k)
+    a_BPQD = jnp.einsum("ip,jq,bpqd->bijd", ph, pw, q_BPQD.astype(jnp.float32))
+    return a_BPQD.reshape(b, side * side, h, k)
 
 
 def agent_attention(q_BTHK, k_BTHK, v_BTHV, a_BNHK, bias1_HNT, bias2_HTN, *, scale):
     """Aggregate into the agents, broadcast back (fp32): o [B, T, H, V]."""
     q_BTHK, k_BTHK, v_BTHV = (y.astype(jnp.float32) for y in (q_BTHK, k_BTHK, v_BTHV))
-    logit_BHNT = scale * jnp.einsum("bnhk,bthk->bhnt", a_BNHK, k_BTHK) + bias1_HNT[None]
-    agent_v_BHNV = jnp.einsum("bhnt,bthv->bhnv", jax.nn.softmax(logit_BHNT, axis=-1), v_BTHV)
-    logit_BHTN = scale * jnp.einsum("bthk,bnhk->bhtn", q_BTHK, a_BNHK) + bias2_HTN[None]
-    return jnp.einsum("bhtn,bhnv->bthv", jax.nn.softmax(logit_BHTN, axis=-1), agent_v_BHNV)
+    logit_BHAT = scale * jnp.einsum("bnhk,bthk->bhnt", a_BNHK, k_BTHK) + bias1_HNT[None]
+    agent_v_BHAV = jnp.einsum("bhnt,bthv->bhnv", jax.nn.softmax(logit_BHAT, axis=-1), v_BTHV)
+    logit_BHTA = scale * jnp.einsum("bthk,bnhk->bhtn", q_BTHK, a_BNHK) + bias2_HTN[None]
+    return jnp.einsum("bhtn,bhnv->bthv", jax.nn.softmax(logit_BHTA, axis=-1), agent_v_BHAV)
 
 
 def _bias_init(key: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]:

@@ -1,7 +1,7 @@
 """AL-RNN (Brenner, Hemmer, Monfared & Durstewitz 2024), almost-linear RNN. Nonlinear
 (piecewise-linear) recurrence, sequential `lax.scan`; no engine applies.
 
-The published model is an autonomous latent dynamical system (docs/mixers.md),
+The published model is an autonomous latent dynamical system (docs/mixers.md#alrnn),
 
     z_t = A * z_{t-1} + W Phi*(z_{t-1}) + h,    Phi*(z) = [z_1, ..., z_{M-P}, ReLU(z_{M-P+1:M})],
 

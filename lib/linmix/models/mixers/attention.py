@@ -74,7 +74,7 @@ class Attention(Mixer, nnx.Module):
     def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
         self.check_call(x_BTD, segment_ids, cache)
         b, t, _ = x_BTD.shape
-        (q_BTHK, k_BTGK, v_BTGK), conv = self.qkv(x_BTD, segment_ids, cache and cache["conv"])
+        (q_BTHK, k_BTGK, v_BTGV), conv = self.qkv(x_BTD, segment_ids, cache and cache["conv"])
         start = 0 if cache is None else cache["pos"]
         if self.rope:
             pos_BT = positions(segment_ids, b, t) + start
@@ -82,12 +82,12 @@ class Attention(Mixer, nnx.Module):
         if cache is None:
             sp = active()  # sequence sharded: LASP-2H, one all-gather of K, V
             op = attention if sp is None else attention_allgather_kv(sp.mesh, sp.axis)
-            o_BTHK = op(q_BTHK, k_BTGK, v_BTGK, segment_ids=segment_ids, window=self.window)
-            return self.o(o_BTHK.reshape(b, t, -1)), None
-        k_BSGK, v_BSGK = (
+            o_BTHV = op(q_BTHK, k_BTGK, v_BTGV, segment_ids=segment_ids, window=self.window)
+            return self.o(o_BTHV.reshape(b, t, -1)), None
+        k_BSGK, v_BSGV = (
             jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), start, axis=1)
-            for c, new in ((cache["k"], k_BTGK), (cache["v"], v_BTGK))
+            for c, new in ((cache["k"], k_BTGK), (cache["v"], v_BTGV))
         )
-        o_BTHK = attention_decode(q_BTHK, k_BSGK, v_BSGK, start, window=self.window)
-        new = {"k": k_BSGK, "v": v_BSGK, "conv": conv, "pos": start + t}
-        return self.o(o_BTHK.reshape(b, t, -1)), new
+        o_BTHV = attention_decode(q_BTHK, k_BSGK, v_BSGV, start, window=self.window)
+        new = {"k": k_BSGK, "v": v_BSGV, "conv": conv, "pos": start + t}
+        return self.o(o_BTHV.reshape(b, t, -1)), new

@@ -71,10 +71,10 @@ class GatedOutput(nnx.Module):
 
     def __call__(self, o_BTHV: jax.Array, x_BTD: jax.Array) -> jax.Array:
         b, t, _, _ = o_BTHV.shape
-        y_BTF = self.norm(o_BTHV).reshape(b, t, -1)
+        y_BTD = self.norm(o_BTHV).reshape(b, t, -1)
         if self.gate is not None:
-            y_BTF = y_BTF * jax.nn.silu(self.gate(x_BTD))
-        return self.out(y_BTF)
+            y_BTD = y_BTD * jax.nn.silu(self.gate(x_BTD))
+        return self.out(y_BTD)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, o_t = q_t S_t / sqrt(K)
 overwrites the value stored under its key instead of adding to it. q, k, v pass through a causal
 short conv + SiLU; q and k are L2-normalised per head inside the op (so the transition is a
 contraction); beta_t = sigmoid(x W_beta) per head; output per-head RMSNorm (gate optional).
-Defaults follow fla's `layers/delta_net.py` (docs/mixers.md).
+Defaults follow fla's `layers/delta_net.py` (docs/mixers.md#deltanet).
 """
 
 from __future__ import annotations

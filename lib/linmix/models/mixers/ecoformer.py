@@ -1,6 +1,6 @@
-"""EcoFormer binary hashing attention (Liu et al., NeurIPS 2022). Non-causal class-I reduction
+"""EcoFormer binary hashing attention (Liu et al., NeurIPS 2022). Non-causal global reduction
 over b-bit hash codes (one einsum per head, no engine call); the hash functions are fit outside
-SGD by kernelised supervised hashing (KSH); docs/mixers.md.
+SGD by kernelised supervised hashing (KSH).
 
     x_i  = qk_i / ||qk_i||                      (one shared query/key projection, per head)
     h(x) = sign(A (kappa(x) - mu)) in {-1,+1}^b,  kappa_m(x) = exp(-||x - a_m||^2 / (2 sigma^2))
@@ -10,7 +10,8 @@ then the output projection. sigma^2 is the mean of ||x - a_m||^2 over the image'
 m anchors, recomputed every call (`KernelSH.forward`); the sign has a straight-through gradient
 clipped to |y| < 1 (`BinaryQuantizer`), so W_qk learns through the codes. The (b+1) v_i term is
 the token's own value, as coded (`linear_attention_bias`); value_bias="sum" uses (b+1) sum_j v_j
-instead, i.e. the consistent kernel h_i . h_j + b + 1. Permutation-equivariant.
+instead, i.e. the consistent kernel h_i . h_j + b + 1 (docs/mixers.md#ecoformer).
+Permutation-equivariant.
 
 The hash parameters (A [H, b, m], mu [H, m], anchors [H, m, K]) are `HashBuffer` variables, not
 `nnx.Param`: they are read under stop_gradient, so a trainer that differentiates the whole module
@@ -200,12 +201,12 @@ class EcoFormer(Mixer, nnx.Module):
         if segment_ids is not None:
             raise ValueError(f"mixer {self.name!r}: packed segments are not supported (one image)")
         b, t, d = x_BTD.shape
-        h_BTHC = self.hash(self.unit_qk(x_BTD))
+        h_BTHK = self.hash(self.unit_qk(x_BTD))
         v_BTHV = self.to_v(x_BTD).astype(jnp.float32).reshape(b, t, self.num_heads, -1)
         c = self.nbits + 1.0
-        kv_BHCV = jnp.einsum("bthc,bthv->bhcv", h_BTHC, v_BTHV)
+        kv_BHKV = jnp.einsum("bthc,bthv->bhcv", h_BTHK, v_BTHV)
         own_BTHV = v_BTHV if self.own_value else v_BTHV.sum(axis=1, keepdims=True)
-        num_BTHV = jnp.einsum("bthc,bhcv->bthv", h_BTHC, kv_BHCV) + c * own_BTHV
-        den_BTH = jnp.einsum("bthc,bhc->bth", h_BTHC, h_BTHC.sum(axis=1)) + t * c
+        num_BTHV = jnp.einsum("bthc,bhcv->bthv", h_BTHK, kv_BHKV) + c * own_BTHV
+        den_BTH = jnp.einsum("bthc,bhc->bth", h_BTHK, h_BTHK.sum(axis=1)) + t * c
         o_BTD = (num_BTHV / den_BTH[..., None]).astype(self.dtype).reshape(b, t, d)
         return self.proj(o_BTD), None

@@ -3,7 +3,7 @@
 S_t = a_t (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t: DeltaNet whose memory also decays,
 with log a_t = -exp(A_log_h) softplus(x W_a + dt_bias_h) per head (Mamba2's gate), A ~ U(0, 16)
 and softplus(dt_bias) ~ LogUniform[1e-3, 0.1]. Output RMSNorm(o) * SiLU(x W_g). Value heads are
-twice the key heads as in fla's `layers/gated_deltanet.py` (docs/mixers.md).
+twice the key heads as in fla's `layers/gated_deltanet.py` (docs/mixers.md#gated_deltanet).
 """
 
 from __future__ import annotations

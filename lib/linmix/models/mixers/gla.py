@@ -1,7 +1,7 @@
-"""GLA (Yang et al. 2024), gated linear attention. Engine L, vector gate, chunked form.
+"""GLA (Yang et al. 2024), gated linear attention. Engine L, per-channel decay, chunked form.
 
 Gate: log a_t = logsigmoid(x W1 W2 + b) / tau with a rank-16 W1 W2 and tau = 16; output
-RMSNorm(o) * swish(x W_g). Defaults follow fla's `layers/gla.py` (docs/mixers.md).
+RMSNorm(o) * swish(x W_g). Defaults follow fla's `layers/gla.py` (docs/mixers.md#gla).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class GLA(LinearMixer, nnx.Module):
         self.check_call(x_BTD, segment_ids, cache)
         (q_BTHK, k_BTHK, v_BTHV), conv = self.qkv(x_BTD, segment_ids, cache and cache["conv"])
         b, t, h, _ = k_BTHK.shape
-        logit_BTF = self.gate_up(self.gate_down(x_BTD)).astype(jnp.float32)
-        g_BTHK = (jax.nn.log_sigmoid(logit_BTF) / self.tau).reshape(b, t, h, -1)
+        logit_BTD = self.gate_up(self.gate_down(x_BTD)).astype(jnp.float32)
+        g_BTHK = (jax.nn.log_sigmoid(logit_BTD) / self.tau).reshape(b, t, h, -1)
         o_BTHV, state = run_gla(
             q_BTHK,
             k_BTHK,

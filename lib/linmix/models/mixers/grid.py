@@ -1,4 +1,4 @@
-"""2-D patch-grid pieces shared by the bidirectional vision mixers (docs/mixers.md).
+"""2-D patch-grid pieces shared by the bidirectional vision mixers (docs/mixers.md#patch-grid).
 
 These mixers see tokens as x [B, T, D] laid out row-major on an H x W patch grid (token
 t = row * W + col, the `(h w)` flattening of the official code). `grid_shape` recovers (H, W):
@@ -40,26 +40,26 @@ def check_grid_height(name: str, height: int) -> None:
 def depthwise_conv2d(x_BTC: jax.Array, w_KKC: jax.Array, h: int, w: int) -> jax.Array:
     """Zero-padded 'same' depthwise cross-correlation on the grid (PyTorch Conv2d, groups=C).
 
-    `w` may also carry a batch axis, [B, k, k, C] (a kernel per image, InLine's dynamic conv):
+    `w` may also carry a batch axis, [B, U, U, D] (a kernel per image, InLine's dynamic conv):
     the batch is then folded into the channel groups, as the official code does.
     """
     b, t, c = x_BTC.shape
-    x_BHWC = x_BTC.reshape(b, h, w, c)
+    x_BPQD = x_BTC.reshape(b, h, w, c)
     if w_KKC.ndim == 4:  # per-image kernels: one group per (image, channel)
         k = w_KKC.shape[1]
-        x_1HWF = x_BHWC.transpose(1, 2, 0, 3).reshape(1, h, w, b * c)
-        w_KK1F = w_KKC.transpose(1, 2, 0, 3).reshape(k, k, 1, b * c)
-        y = _conv(x_1HWF, w_KK1F, b * c)
+        x_1PQD = x_BPQD.transpose(1, 2, 0, 3).reshape(1, h, w, b * c)
+        w_UU1D = w_KKC.transpose(1, 2, 0, 3).reshape(k, k, 1, b * c)
+        y = _conv(x_1PQD, w_UU1D, b * c)
         return y.reshape(h, w, b, c).transpose(2, 0, 1, 3).reshape(b, t, c)
     k = w_KKC.shape[0]
-    return _conv(x_BHWC, w_KKC.reshape(k, k, 1, c), c).reshape(b, t, c)
+    return _conv(x_BPQD, w_KKC.reshape(k, k, 1, c), c).reshape(b, t, c)
 
 
-def _conv(x_NHWF: jax.Array, w_KK1F: jax.Array, groups: int) -> jax.Array:
-    pad = w_KK1F.shape[0] // 2
+def _conv(x_BPQD: jax.Array, w_UU1D: jax.Array, groups: int) -> jax.Array:
+    pad = w_UU1D.shape[0] // 2
     return jax.lax.conv_general_dilated(
-        x_NHWF,
-        w_KK1F.astype(x_NHWF.dtype),
+        x_BPQD,
+        w_UU1D.astype(x_BPQD.dtype),
         window_strides=(1, 1),
         padding=((pad, pad), (pad, pad)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -89,11 +89,11 @@ def rope_2d(x_BTHK: jax.Array, h: int, w: int) -> jax.Array:
     """2-D rotary embedding of MALA/RALA (`theta_shift`): the first K/2 dims rotate with the row,
     the last K/2 with the column; pairs (2i, 2i+1) rotate together. Computed in fp32."""
     k = x_BTHK.shape[-1]
-    angle_F = 1.0 / 10000.0 ** jnp.linspace(0.0, 1.0, k // 4)
-    angle_F = jnp.repeat(angle_F, 2)  # one angle per rotated pair: [K / 2]
+    angle = 1.0 / 10000.0 ** jnp.linspace(0.0, 1.0, k // 4)
+    angle = jnp.repeat(angle, 2)  # one angle per rotated pair: [K / 2]
     row_T, col_T = jnp.divmod(jnp.arange(h * w), w)
     theta_TK = jnp.concatenate(
-        [row_T[:, None] * angle_F[None, :], col_T[:, None] * angle_F[None, :]], axis=-1
+        [row_T[:, None] * angle[None, :], col_T[:, None] * angle[None, :]], axis=-1
     )
     sin_1T1K, cos_1T1K = jnp.sin(theta_TK)[None, :, None], jnp.cos(theta_TK)[None, :, None]
     x = x_BTHK.astype(jnp.float32)

@@ -1,10 +1,10 @@
-"""HGRN2 (Qin et al. 2024, "HGRN2: Gated Linear RNNs with State Expansion"). Engine L, vector
-gate, chunked form: GLA with the key tied to the forget gate.
+"""HGRN2 (Qin et al. 2024, "HGRN2: Gated Linear RNNs with State Expansion"). Engine L,
+per-channel decay, chunked form: GLA with the key tied to the forget gate.
 
 S_t = diag(f_t) S_{t-1} + (1 - f_t)^T i_t and o_t = swish(q_t) S_t / sqrt(K) per head, with the
 forget gate bounded below, f_t = γ + (1 - γ) σ(x W_f) (computed in log space), key dim K =
 `expand_ratio` per head and value dim D / H. The output is RMSNorm over the concatenated heads,
-then W_o (no output gate). fla's `layers/hgrn2.py` (docs/mixers.md).
+then W_o (no output gate). fla's `layers/hgrn2.py` (docs/mixers.md#hgrn2).
 
 The lower bound: fla derives every layer's γ_l from one model-level P [L, D] (cumsum of its
 softmax over depth, so γ_0 = 0 and γ grows with depth). A mixer here sees only its own layer, so
@@ -87,11 +87,11 @@ class HGRN2(Mixer, nnx.Module):
 
     def log_forget(self, f_BTF: jax.Array) -> jax.Array:
         """log f = logaddexp(log γ, log(1 - γ) + log σ(f̃)) in fp32: f in [γ, 1), never 1."""
-        logsig_BTF = jax.nn.log_sigmoid(f_BTF.astype(_F32))
+        logsig_BTD = jax.nn.log_sigmoid(f_BTF.astype(_F32))
         if self.lower_bound is None:
-            return logsig_BTF
-        p_11F = self.lower_bound[...][None, None]
-        return jnp.logaddexp(jax.nn.log_sigmoid(p_11F), jax.nn.log_sigmoid(-p_11F) + logsig_BTF)
+            return logsig_BTD
+        p_11D = self.lower_bound[...][None, None]
+        return jnp.logaddexp(jax.nn.log_sigmoid(p_11D), jax.nn.log_sigmoid(-p_11D) + logsig_BTD)
 
     def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
         self.check_call(x_BTD, segment_ids, cache)
@@ -103,12 +103,12 @@ class HGRN2(Mixer, nnx.Module):
         elif self.convs is not None:
             pairs = [c.extend(y, w) for c, y, w in zip(self.convs, qfi, cache["conv"], strict=True)]
             qfi, conv = [p[0] for p in pairs], [p[1] for p in pairs]
-        q_BTF, f_BTF, i_BTD = qfi
-        g_BTF = self.log_forget(f_BTF)
-        k_BTF = -jnp.expm1(g_BTF)  # the input gate is tied: k = 1 - f
+        q_BTD, f_BTD, i_BTD = qfi
+        g_BTD = self.log_forget(f_BTD)
+        k_BTD = -jnp.expm1(g_BTD)  # the input gate is tied: k = 1 - f
         h = self.num_heads
         q_BTHK, k_BTHK, g_BTHK = (
-            y.reshape(b, t, h, -1) for y in (jax.nn.silu(q_BTF), k_BTF.astype(q_BTF.dtype), g_BTF)
+            y.reshape(b, t, h, -1) for y in (jax.nn.silu(q_BTD), k_BTD.astype(q_BTD.dtype), g_BTD)
         )
         o_BTHV, state = run_gla(
             q_BTHK,

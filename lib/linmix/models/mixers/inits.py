@@ -1,4 +1,5 @@
-"""Initialisers of the SSM-style gates (Mamba, Mamba2, Gated DeltaNet), docs/notation.md.
+"""Initialisers of the SSM-style gates of Mamba, Mamba2 and Gated DeltaNet
+(docs/mixers.md#ssm-style-gates).
 
 The step size Δ = softplus(· + dt_bias) starts log-uniform in [dt_min, dt_max], so heads or
 channels begin with memory lengths spread over two decades; A = -exp(A_log) sets the decay rate.

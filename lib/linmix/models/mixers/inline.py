@@ -1,6 +1,7 @@
 """InLine (Han et al., NeurIPS 2024), injective linear attention. Non-causal reduction + DW conv.
 
-Class I without a scan: one global state per head, no engine call (docs/forms.md).
+A global reduction: one global state per head, no scan, no engine call
+(docs/mixers.md#global-reductions).
 Per head, with phi the kernel function (identity by default), s = K^-1/2 and N tokens, the
 weights are InL_ij = (s/N) phi(q_i).phi(k_j) - (s/N^2) sum_m phi(q_i).phi(k_m) + 1/N: they sum
 to 1 with no division, and the map q -> weights is injective. As a reduction:
@@ -37,8 +38,8 @@ KERNEL_FUNCS = {
 
 @dataclasses.dataclass(frozen=True)
 class InLineOptions(Options):
-    # LeapLabTHU/InLine models/inline_{deit,swin}.py (docs/mixers.md): identity kernel function,
-    # the dynamic 3 x 3 residual conv, biased q/k/v and output projections.
+    # LeapLabTHU/InLine models/inline_{deit,swin}.py (docs/mixers.md#inline): identity kernel
+    # function, the dynamic 3 x 3 residual conv, biased q/k/v and output projections.
     kernel_func: str = "identity"  # one of KERNEL_FUNCS
     local_conv: bool = True  # the dynamic depthwise conv on v
     grid_height: int = 0  # rows of the patch grid; 0: square (T must be a perfect square)
@@ -68,9 +69,9 @@ class GroupedLinear(nnx.Module):
 
     def __call__(self, x_BD: jax.Array) -> jax.Array:
         b = x_BD.shape[0]
-        x_BGI = x_BD.reshape(b, self.groups, -1)
-        y_BGO = jnp.einsum("bgi,gio->bgo", x_BGI, self.kernel[...].astype(x_BD.dtype))
-        return y_BGO.reshape(b, -1) + self.bias[...].astype(x_BD.dtype)[None]
+        x_BGD = x_BD.reshape(b, self.groups, -1)
+        y_BGD = jnp.einsum("bgi,gio->bgo", x_BGD, self.kernel[...].astype(x_BD.dtype))
+        return y_BGD.reshape(b, -1) + self.bias[...].astype(x_BD.dtype)[None]
 
 
 class InLine(Mixer, nnx.Module):
@@ -121,6 +122,6 @@ class InLine(Mixer, nnx.Module):
         if self.kernel_in is not None:
             hidden_BD = jax.nn.gelu(self.kernel_in(x_BTD.mean(axis=1)), approximate=False)
             # Channel c takes taps 9c .. 9c+8 (row-major 3 x 3), inside its head's group.
-            w_BKKD = self.kernel_out(hidden_BD).reshape(b, d, 3, 3).transpose(0, 2, 3, 1)
-            y_BTD = y_BTD + depthwise_conv2d(v_BTD, w_BKKD, *grid)
+            w_BUUD = self.kernel_out(hidden_BD).reshape(b, d, 3, 3).transpose(0, 2, 3, 1)
+            y_BTD = y_BTD + depthwise_conv2d(v_BTD, w_BUUD, *grid)
         return self.proj(y_BTD), None

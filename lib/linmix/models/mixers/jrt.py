@@ -22,9 +22,10 @@ is the first M tokens of each document. With a cache, the prefix is the first mi
 the first call (official code: the encoder runs at the first prefill only; the paper left-pads
 shorter prompts to M), so prefill >= M tokens, then decode, equals the whole-sequence output.
 
-The JRT model interleaves these layers with BaseConv and sliding-window attention (docs/mixers.md);
-here it is one mixer, and `use_short_conv` (off by default, as in the official layer) adds
-the local mixing alone: a causal short conv + SiLU on q, k_d, v_d and on k_e, v_e.
+The JRT model interleaves these layers with BaseConv and sliding-window attention
+(docs/mixers.md#jrt); here it is one mixer, and `use_short_conv` (off by default, as in the
+official layer) adds the local mixing alone: a causal short conv + SiLU on q, k_d, v_d and on
+k_e, v_e.
 """
 
 from __future__ import annotations
@@ -110,24 +111,24 @@ class JRT(Mixer, nnx.Module):
                 jax.nn.silu(c(y, segment_ids))
                 for c, y in zip(self.encoder_convs, (ke, ve), strict=True)
             )
-        ke_BTHF = taylor2(ke.reshape(b, t, self.num_heads, -1))
-        ke_BTHF = ke_BTHF * in_prefix_BT[:, :, None, None].astype(ke_BTHF.dtype)
-        return ke_BTHF, with_denominator(ve.reshape(b, t, self.num_heads, -1))
+        ke_BTHK = taylor2(ke.reshape(b, t, self.num_heads, -1))
+        ke_BTHK = ke_BTHK * in_prefix_BT[:, :, None, None].astype(ke_BTHK.dtype)
+        return ke_BTHK, with_denominator(ve.reshape(b, t, self.num_heads, -1))
 
     def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
         self.check_call(x_BTD, segment_ids, cache)
         b, t, _ = x_BTD.shape
         (q, k, v_BTHV), conv = self.qkv(x_BTD, segment_ids, cache and cache["conv"])
-        q_BTHF, k_BTHF = taylor2(q), taylor2(k)
+        q_BTHK, k_BTHK = taylor2(q), taylor2(k)
         state = None if cache is None else cache["state"]
         if self.prefix_len and segment_ids is not None:
             # Packed documents: each reads its own prefix; the cross term is a non-causal
             # segment-local reduction, added to the decoder's numerator and denominator.
             in_prefix_BT = positions(segment_ids, b, t) < self.prefix_len
-            ke_BTHF, ve_BTHW = self.encode(x_BTD, in_prefix_BT, segment_ids)
+            ke_BTHK, ve_BTHV = self.encode(x_BTD, in_prefix_BT, segment_ids)
             kw = dict(scale=1.0, segment_ids=segment_ids, chunk_size=self.chunk_size)
-            dec, _ = gla(q_BTHF, k_BTHF, with_denominator(v_BTHV), None, **kw)
-            cross, _ = gla(q_BTHF, ke_BTHF, ve_BTHW, None, causal=False, **kw)
+            dec, _ = gla(q_BTHK, k_BTHK, with_denominator(v_BTHV), None, **kw)
+            cross, _ = gla(q_BTHK, ke_BTHK, ve_BTHV, None, causal=False, **kw)
             o_BTHV = divide_by_denominator(dec.astype(_F32) + cross.astype(_F32))
             return self.out(o_BTHV.astype(q.dtype).reshape(b, t, -1)), None
         if self.prefix_len:
@@ -135,11 +136,11 @@ class JRT(Mixer, nnx.Module):
             # a sequence's first call (pos 0) holds prefix tokens; later calls are causal.
             first = True if cache is None else cache["pos"] == 0
             in_prefix_BT = jnp.broadcast_to(first & (jnp.arange(t) < self.prefix_len), (b, t))
-            prefix_BHFW = self.prefix_state(*self.encode(x_BTD, in_prefix_BT))
-            state = prefix_BHFW if state is None else state + prefix_BHFW
+            prefix_BHKV = self.prefix_state(*self.encode(x_BTD, in_prefix_BT))
+            state = prefix_BHKV if state is None else state + prefix_BHKV
         o_BTHV, new_state = run_gla(
-            q_BTHF,
-            k_BTHF,
+            q_BTHK,
+            k_BTHK,
             v_BTHV,
             None,
             state=state,

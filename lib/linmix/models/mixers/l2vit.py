@@ -1,12 +1,12 @@
-"""L²ViT linear global attention with local concentration (Zheng, 2025). Non-causal class-I
+"""L²ViT linear global attention with local concentration (Zheng, 2025). Non-causal global
 reduction with a clamped denominator (one einsum per head, no engine call) plus the local
-concentration module (LCM); docs/mixers.md.
+concentration module (LCM).
 
     a_i = relu(q_i) (tau_h sum_j relu(k_j)^T v_j) / max(relu(q_i) . sum_j relu(k_j), 100)
 
 then the output projection. tau_h is a learned per-head temperature initialised to head_dim^-1/2
 ("scale on the attention output, not on k": the clamp makes them differ); the clamp at 100
-stabilises training (l2vit.py `LinearAttention`). The reduction runs in fp32.
+stabilises training (l2vit.py `LinearAttention`; docs/mixers.md#l2vit). The reduction runs in fp32.
 
 LCM = DW7x7 -> GELU -> norm -> DW7x7. The official LGA block adds it as a second residual branch,
 x <- x + attn(norm1(x)); x <- x + LCM(norm3(x)). A mixer sees only its normalised input u, not the

@@ -1,5 +1,5 @@
-"""LightNet (Qin et al. 2024, "You Only Scan Once"). Engine L, vector gate from a running
-log-sum-exp, chunked form.
+"""LightNet (Qin et al. 2024, "You Only Scan Once"). Engine L, per-channel decay from a
+running log-sum-exp, chunked form.
 
 Additive recurrence: per key channel i the normaliser z_t = log sum_{s<=t} exp(k_{s,i}) (fp32,
 restarted at each document), the key exp(k_t - z_t) and the log-decay z_{t-1} - z_t <= 0, so
@@ -7,9 +7,10 @@ restarted at each document), the key exp(k_t - z_t) and the log-decay z_{t-1} - 
     S_t[i] = sum_{s<=t} e^{k_{s,i}} v_s / sum_{s<=t} e^{k_{s,i}}      (a softmax over time),
 
 o_t = SiLU(q_t) S_t with scale 1, then RMSNorm over all heads * swish(x W_g1 W_g2) and W_o. The
-decode cache holds S and z. Defaults follow fla's `layers/lightnet.py` (docs/mixers.md): z starts
-at -inf (no extra "sink" term, unlike xmixers' lse_state = 0), keys are raw logits (no
-activation), only q gets SiLU, and the optional short convs have no activation.
+decode cache holds S and z. Defaults follow fla's `layers/lightnet.py`
+(docs/mixers.md#lightnet): z starts at -inf (no extra "sink" term, unlike xmixers'
+lse_state = 0), keys are raw logits (no activation), only q gets SiLU, and the optional short
+convs have no activation.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class LightNet(Mixer, nnx.Module):
             segment_ids=segment_ids,
             chunk_size=self.chunk_size,
         )
-        y_BTF = self.norm(o_BTHV.reshape(b, t, self.value_dim))
+        y_BTD = self.norm(o_BTHV.reshape(b, t, self.value_dim))
         if self.gate_up is not None:
-            y_BTF = y_BTF * jax.nn.silu(self.gate_up(self.gate_down(x_BTD)))
-        return self.out(y_BTF), advance(cache, t, state=state, conv=conv, z=z_BTHK[:, -1])
+            y_BTD = y_BTD * jax.nn.silu(self.gate_up(self.gate_down(x_BTD)))
+        return self.out(y_BTD), advance(cache, t, state=state, conv=conv, z=z_BTHK[:, -1])

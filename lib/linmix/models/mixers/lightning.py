@@ -1,5 +1,6 @@
 """Lightning Attention-2 (Qin et al. 2024) in the TransNormerLLM (TNL) layer. Engine L, fixed
-per-head scalar decay, chunked form (Lightning-2's tiling: §1.4 with b_r = r log λ).
+per-head scalar decay, chunked form (Lightning-2's tiling: docs/forms.md#chunked-form-of-engine-l
+with b_r = r log λ).
 
 kv_t = λ_h kv_{t-1} + k_t^T v_t and o_t = q_t kv_t, with λ_h = exp(-s_h) from the ALiBi slopes
 s_h (2^(-8(h+1)/H) for a power-of-two H), scale 1 and no denominator. q, k, v = SiLU(x W); the
@@ -7,7 +8,8 @@ output is Norm(o) * sigmoid(x W_g1 W_g2) W_o, a low-rank gate of rank head_dim a
 the concatenated heads (LayerNorm in the official TNL layer; SimpleRMSNorm is an option).
 TNL shrinks the slopes with depth, s_h (1 - l/(L-1) + 1e-5) at layer l of L: `slope_scale`
 holds that factor (1: the first layer, and Lightning-2's own slopes). Defaults follow
-OpenNLPLab/lightning-attention `examples/module/tnl_attn.py` and `utils/utils.py` (docs/mixers.md).
+OpenNLPLab/lightning-attention `examples/module/tnl_attn.py` and `utils/utils.py`
+(docs/mixers.md#lightning).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class Lightning(Mixer, nnx.Module):
             segment_ids=segment_ids,
             chunk_size=self.chunk_size,
         )
-        y_BTF = o_BTHV.reshape(b, t, -1)
-        y_BTF = simple_rms_norm(y_BTF, 1e-8) if self.norm is None else self.norm(y_BTF)
-        y_BTF = y_BTF * jax.nn.sigmoid(self.gate_up(self.gate_down(x_BTD)))
-        return self.out(y_BTF), advance(cache, t, state=state, conv=conv)
+        y_BTD = o_BTHV.reshape(b, t, -1)
+        y_BTD = simple_rms_norm(y_BTD, 1e-8) if self.norm is None else self.norm(y_BTD)
+        y_BTD = y_BTD * jax.nn.sigmoid(self.gate_up(self.gate_down(x_BTD)))
+        return self.out(y_BTD), advance(cache, t, state=state, conv=conv)

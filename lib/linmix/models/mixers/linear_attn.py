@@ -2,7 +2,7 @@
 
 o_t = phi(q_t) S_t with S_t = sum_{s<=t} phi(k_s)^T v_s; normalised either by the denominator
 phi(q_t) . sum phi(k_s) (a ones column appended to v) or, as fla defaults, by an RMSNorm on the
-output (docs/mixers.md).
+output (docs/mixers.md#linear_attn).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """LinFusion generalised linear attention (Liu et al., 2024) and LiT simplified linear attention
-(Wang et al., 2025): one normalised non-causal class-I reduction (one einsum per head, no engine
-call) whose options select either paper; docs/mixers.md-§5.8.
+(Wang et al., 2025): one normalised non-causal global reduction (one einsum per head, no engine
+call) whose options select either paper.
 
     q = W_q(x + MLP_q(x)),  k = W_k(x + MLP_k(x)),  v = W_v x     (MLP: Linear-LN-LeakyReLU-Linear)
     o_i = phi(q_i) KV / (phi(q_i) . z + eps) [+ DWC(V)_i],  then the output projection
@@ -11,7 +11,8 @@ moves eps relative to the sums). Computed in fp32.
 
 Defaults are LinFusion's (Huage001/LinFusion `src/linfusion/attention.py`): phi = elu+1, the
 non-linear q/k projections with mid width = width (`projection_mid_dim=None`), normalizer "mean",
-eps 1e-4, no conv, no q/k/v bias (Stable Diffusion's to_q/to_k/to_v). Permutation-equivariant.
+eps 1e-4, no conv, no q/k/v bias (Stable Diffusion's to_q/to_k/to_v). Permutation-equivariant
+(docs/mixers.md#linfusion).
 
 LiT = mixer_options `LIT`: phi = ReLU, plain q/k projections, a 5x5 depthwise conv on V (per
 channel) added to the output, normalizer "sum" [S arXiv 2501.12976 summary]. No official code was

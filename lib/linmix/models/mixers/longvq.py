@@ -10,17 +10,17 @@ Attention: keys are RMS-normalised (no gain, as Transformer-VQ) and quantised to
 codeword c_z of a per-head codebook. Query t runs ONE softmax over its causal keys: the last
 `window` with the exact logit q.c_z / sqrt(K) plus a learned bias per lag, older keys through the
 codebook. Softmax over quantised keys is linear attention with phi_q = exp(q Cb^T / sqrt(K) - m)
-and phi_k = onehot(z) (docs/mixers.md): the older part is engine L with no gate, on the key stream
-delayed by `window` (values [v, 1] carry the denominator); the window part is block-local
+and phi_k = onehot(z) (docs/mixers.md#longvq): the older part is engine L with no gate, on the
+key stream delayed by `window` (values [v, 1] carry the denominator); the window part is block-local
 attention. Decode keeps the engine state (per-code value sums and counts), the last `window` codes
 and values, and the EMA state: a fixed size. Straight-through VQ (k_hat = c_z + k - sg(k)): keys
 learn from the window logits, the codebook from every logit; `commitment_loss` (|k - sg(c_z)|^2,
 Transformer-VQ weight 1e-4) is for a training loop to add.
 
-MEGA's EMA h_t = p beta x_t + (1 - p delta) h_{t-1}, y_t = gamma . h_t / sqrt(N) is engine L with
-one head per channel (K = N, V = 1, a constant vector gate), so packed segments, prefill and
+MEGA's EMA h_t = p beta x_t + (1 - p delta) h_{t-1}, y_t = gamma . h_t / sqrt(M) is engine L with
+one head per channel (K = M, V = 1, a constant per-channel gate), so packed segments, prefill and
 decode need nothing extra. LongVQ's own gating, window and codebook size are unverified
-(docs/mixers.md); the defaults follow MEGA and Transformer-VQ.
+(docs/mixers.md#longvq); the defaults follow MEGA and Transformer-VQ.
 """
 
 from __future__ import annotations
@@ -64,12 +64,13 @@ def vq_window_attention(
 ):
     """Softmax over quantised keys: exact (+ bias) in the window, through the codebook before it.
 
-    q [B, T, H, K] fp32 (pre-scaled). khat_c [B, W + T, H, K] (the codewords, straight-through),
-    codes_c [B, W + T, H] int, v_c [B, W + T, H, V]: the last W tokens before this call (the
-    window buffer), then the T new ones; key j is at position start - W + j, query i at start + i.
-    seg_q [B, T], seg_c [B, W + T]: key j counts for query i only where the ids agree (invalid
-    buffer slots carry -1). codebook [H, C, K], bias [H, W] (bias[:, l] for lag l). state: the
-    engine state [B, H, C, V + 1] or None. Returns (o [B, T, H, V] fp32, state).
+    With w the window and n_code the codebook size: q [B, T, H, K] fp32 (pre-scaled).
+    khat_c [B, w + T, H, K] (the codewords, straight-through), codes_c [B, w + T, H] int,
+    v_c [B, w + T, H, V]: the last w tokens before this call (the window buffer), then the T new
+    ones; key j is at position start - w + j, query i at start + i. seg_q [B, T],
+    seg_c [B, w + T]: key j counts for query i only where the ids agree (invalid buffer slots
+    carry -1). codebook [H, n_code, K], bias [H, w] (bias[:, l] for lag l). state: the engine
+    state [B, H, n_code, V + 1] or None. Returns (o [B, T, H, V] fp32, state).
     """
     b, t, h, _ = q.shape
     w, n_code, nv = bias.shape[1], codebook.shape[1], v_c.shape[-1]
@@ -77,21 +78,21 @@ def vq_window_attention(
     nb = -(-t // w)
     pad = nb * w - t  # blocks of w queries see their own and the previous block of keys
 
-    def pairs(x):  # [B, W + T, ...] -> [B, nb, 2W, ...]
+    def pairs(x):  # [B, w + T, ...] -> [B, nb, 2w, ...]
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=-2)
         x = x.reshape(b, nb + 1, w, *x.shape[2:])
         return jnp.concatenate([x[:, :-1], x[:, 1:]], axis=2)
 
     qb = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, nb, w, h, -1)
     sqb = jnp.pad(seg_q, ((0, 0), (0, pad)), constant_values=-3).reshape(b, nb, w)
-    rel_IJ = jnp.arange(2 * w)[None, :] - jnp.arange(w)[:, None]  # j - i; lag = w - (j - i)
-    band_IJ = (rel_IJ > 0) & (rel_IJ <= w)
-    bias_HIJ = bias.astype(_F32)[:, jnp.clip(w - rel_IJ, 0, w - 1)]
+    rel_RS = jnp.arange(2 * w)[None, :] - jnp.arange(w)[:, None]  # j - i; lag = w - (j - i)
+    band_RS = (rel_RS > 0) & (rel_RS <= w)
+    bias_HRS = bias.astype(_F32)[:, jnp.clip(w - rel_RS, 0, w - 1)]
     s_win = (
         jnp.einsum("bnihk,bnjhk->bnhij", qb, pairs(khat_c.astype(_F32)), precision=_HI)
-        + bias_HIJ[None, None]
+        + bias_HRS[None, None]
     )
-    ok = band_IJ[None, None] & (pairs(seg_c)[:, :, None, :] == sqb[:, :, :, None])  # [B, nb, I, J]
+    ok = band_RS[None, None] & (pairs(seg_c)[:, :, None, :] == sqb[:, :, :, None])  # [B, nb, R, S]
     s_win = jnp.where(ok[:, :, None], s_win, -jnp.inf)
     s_code = jnp.einsum("bthk,hck->bthc", q, cb, precision=_HI)
     # One shift for both parts keeps every exponent <= 0; it cancels in the ratio.
@@ -177,8 +178,8 @@ class LongVQ(Mixer, nnx.Module):
         log_q = jnp.log1p(-p * jax.nn.sigmoid(self.ema_delta[...]))  # q = 1 - p * delta in (0, 1)
         scale = self.ema_alpha.shape[1] ** -0.5
 
-        def full(a_DN):
-            return jnp.broadcast_to(a_DN, (b, t, *a_DN.shape))
+        def full(a_DM):
+            return jnp.broadcast_to(a_DM, (b, t, *a_DM.shape))
 
         y, state = run_gla(
             full(self.ema_gamma[...] * scale),
@@ -260,7 +261,7 @@ class LongVQ(Mixer, nnx.Module):
             segment_ids=segment_ids,
             chunk=self.chunk_size,
         )
-        y_BTF = (o.reshape(b, t, -1) * r.astype(_F32)).astype(self.dtype)
-        h = jax.nn.silu(hx + self.h_proj(y_BTF))
+        y_BTD = (o.reshape(b, t, -1) * r.astype(_F32)).astype(self.dtype)
+        h = jax.nn.silu(hx + self.h_proj(y_BTD))
         new = dict(codes=codes_c[:, t:], values=v_c[:, t:], ema=ema_state, vq=vq_state)
         return (u * h).astype(self.dtype), advance(cache, t, **new)

@@ -2,15 +2,15 @@
 Linear State-Space Layers") with a diagonal state (S4D). Engine: time-invariant diagonal SSM,
 chunked convolution form (or the FFT convolution); decode by the diagonal recurrence.
 
-Per model channel h (H = d_model) and state mode n: x'(s) = A x(s) + B u(s), discretised with step
-dt_h (`linmix.ops.ssm.s4d_discretize`, bilinear as in LSSL or ZOH as in S4D) to
+Per model channel d (D = d_model) and state mode m: x'(s) = A x(s) + B u(s), discretised with step
+dt_d (`linmix.ops.ssm.s4d_discretize`, bilinear as in LSSL or ZOH as in S4D) to
 
     x_t = Abar x_{t-1} + Bbar u_t,    y_t = Re(C . x_t) + D u_t,    out = GELU(y) W_out,
 
-i.e. the causal convolution y = K * u + D u with K_l = Re(sum_n C_n Abar_n^l Bbar_n). The layer
+i.e. the causal convolution y = K * u + D u with K_l = Re(sum_m C_m Abar_m^l Bbar_m). The layer
 follows LSSL's `lssl.yaml` (channels 1, GELU, output linear "ff"), with its dense HiPPO-LegS A
 replaced by the S4D-LegS diagonal (eigenvalues of the normal part of HiPPO-LegS, B rotated into its
-eigenbasis; docs/mixers.md), so a step costs O(N) instead of O(N^2). Complex modes come in
+eigenbasis; docs/mixers.md#lssl), so a step costs O(M) instead of O(M^2). Complex modes come in
 conjugate pairs: `state_size` modes stand for a real state of twice that order, and C carries
 each pair's factor 2.
 
@@ -18,7 +18,7 @@ Forms. "chunked" (default): inside chunks of `chunk_size` a Toeplitz product wit
 `s4d_kernel` (masked to the document of each token), across chunks the diagonal state, carried
 in complex64 and reset where the document changes. It is exactly causal (an FFT leaks ~1e-8
 gradients from the future) and exact for packed segments (the masked Toeplitz blocks then take
-B*T*H*chunk_size floats). "fft": `fft_conv` with the full-length kernel; it mixes packed
+B*T*D*chunk_size floats). "fft": `fft_conv` with the full-length kernel; it mixes packed
 documents, so calls with segment_ids or a cache use the chunked form.
 """
 
@@ -45,7 +45,7 @@ FORMS = ("chunked", "fft")
 
 @dataclasses.dataclass(frozen=True)
 class LSSLOptions(Options):
-    state_size: int = 128  # complex modes per channel: LSSL's state order N = 256, halved by pairs
+    state_size: int = 128  # M complex modes per channel: LSSL's state order 256, halved by pairs
     init: str = "legs"  # LSSL `init legs`; 'lin' / 'real': S4D-Lin / S4D-Real
     discretization: str = "bilinear"  # LSSL's GBT with alpha = 1/2; 'zoh' as in S4D
     dt_min: float = 1e-3  # log dt ~ U[log dt_min, log dt_max] per channel (LSSL config)
@@ -71,7 +71,7 @@ def init_modes(init: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def lti_chunked(u_BTH, log_dt, A, B, C, disc, chunk, *, seg_BT=None, x0_BHN=None):
-    """(y [B, T, H] fp32 without the D term, state after the last token [B, H, N] complex64).
+    """(y [B, T, D] fp32 without the D term, state after the last token [B, D, M] complex64).
 
     Chunk n (positions r = 0..L-1) reads X_{n-1}, the state before it: y_r = (Toeplitz(K) u)_r
     + Re(C Abar^(r+1) X_{n-1}); then X_n = Abar^L X_{n-1} + sum_s Abar^(L-1-s) Bbar u_s. With
@@ -80,52 +80,52 @@ def lti_chunked(u_BTH, log_dt, A, B, C, disc, chunk, *, seg_BT=None, x0_BHN=None
     b, t, nh = u_BTH.shape
     L = chunk
     nc = -(-t // L)
-    _, log_a_HN, bbar_HN = s4d_discretize(log_dt, A, B, disc)
-    c_HN = C.astype(_C64)
-    l_L = jnp.arange(L)
-    lag_LL = l_L[:, None] - l_L[None, :]
-    K_HL = s4d_kernel(log_dt, A, B, C, L, disc)
-    toep_HLL = jnp.where(lag_LL[None] >= 0, K_HL[:, jnp.clip(lag_LL, 0, L - 1)], 0.0)
+    _, log_a_DM, bbar_DM = s4d_discretize(log_dt, A, B, disc)
+    c_DM = C.astype(_C64)
+    pos_C = jnp.arange(L)
+    lag_RS = pos_C[:, None] - pos_C[None, :]
+    K_DU = s4d_kernel(log_dt, A, B, C, L, disc)
+    toep_DRS = jnp.where(lag_RS[None] >= 0, K_DU[:, jnp.clip(lag_RS, 0, L - 1)], 0.0)
     # Zero inputs past the end add nothing; the final state is read at the last real token.
-    u_BnLH = jnp.pad(u_BTH.astype(_F32), ((0, 0), (0, nc * L - t), (0, 0))).reshape(b, nc, L, nh)
+    u_BNCD = jnp.pad(u_BTH.astype(_F32), ((0, 0), (0, nc * L - t), (0, 0))).reshape(b, nc, L, nh)
     if seg_BT is not None:
-        seg_BnL = jnp.pad(seg_BT, ((0, 0), (0, nc * L - t)), mode="edge").reshape(b, nc, L)
-        toep_BnHLL = toep_HLL[None, None] * (
-            seg_BnL[:, :, None, :, None] == seg_BnL[:, :, None, None, :]
+        seg_BNC = jnp.pad(seg_BT, ((0, 0), (0, nc * L - t)), mode="edge").reshape(b, nc, L)
+        toep_BNDRS = toep_DRS[None, None] * (
+            seg_BNC[:, :, None, :, None] == seg_BNC[:, :, None, None, :]
         )
-        y_BnLH = jnp.einsum("bnhrs,bnsh->bnrh", toep_BnHLL, u_BnLH, precision=_HIGHEST)
-        end_Bn = seg_BnL[:, :, -1]
-        u_end_BnLH = u_BnLH * (seg_BnL == end_Bn[..., None])[..., None]
+        y_BNCD = jnp.einsum("bnhrs,bnsh->bnrh", toep_BNDRS, u_BNCD, precision=_HIGHEST)
+        end_BN = seg_BNC[:, :, -1]
+        u_end_BNCD = u_BNCD * (seg_BNC == end_BN[..., None])[..., None]
     else:
-        y_BnLH = jnp.einsum("hrs,bnsh->bnrh", toep_HLL, u_BnLH, precision=_HIGHEST)
-        u_end_BnLH = u_BnLH
-    w_end_HNL = bbar_HN[..., None] * jnp.exp(log_a_HN[..., None] * (L - 1 - l_L)[None, None])
-    x_BnHN = jnp.einsum("hks,bnsh->bnhk", w_end_HNL, u_end_BnLH.astype(_C64), precision=_HIGHEST)
-    decay_BnHN = jnp.broadcast_to(jnp.exp(L * log_a_HN), x_BnHN.shape)
+        y_BNCD = jnp.einsum("hrs,bnsh->bnrh", toep_DRS, u_BNCD, precision=_HIGHEST)
+        u_end_BNCD = u_BNCD
+    w_end_DMC = bbar_DM[..., None] * jnp.exp(log_a_DM[..., None] * (L - 1 - pos_C)[None, None])
+    x_BNDM = jnp.einsum("hks,bnsh->bnhk", w_end_DMC, u_end_BNCD.astype(_C64), precision=_HIGHEST)
+    decay_BNDM = jnp.broadcast_to(jnp.exp(L * log_a_DM), x_BNDM.shape)
     if seg_BT is not None:  # the carried state survives only inside one document
-        same_Bn = jnp.pad(end_Bn[:, 1:] == end_Bn[:, :-1], ((0, 0), (1, 0)))
-        decay_BnHN = decay_BnHN * same_Bn[..., None, None]
+        same_BN = jnp.pad(end_BN[:, 1:] == end_BN[:, :-1], ((0, 0), (1, 0)))
+        decay_BNDM = decay_BNDM * same_BN[..., None, None]
     x0 = jnp.zeros((b, nh, A.shape[1]), _C64) if x0_BHN is None else x0_BHN.astype(_C64)
-    x_BnHN = x_BnHN.at[:, 0].add(decay_BnHN[:, 0] * x0)
+    x_BNDM = x_BNDM.at[:, 0].add(decay_BNDM[:, 0] * x0)
 
     def combine(e1, e2):
         return e1[0] * e2[0], e2[0] * e1[1] + e2[1]
 
-    _, x_BnHN = jax.lax.associative_scan(combine, (decay_BnHN, x_BnHN), axis=1)
-    prev_BnHN = jnp.concatenate([x0[:, None], x_BnHN[:, :-1]], axis=1)
-    read_HNL = c_HN[..., None] * jnp.exp(log_a_HN[..., None] * (l_L + 1)[None, None])
-    y_in = jnp.real(jnp.einsum("hkr,bnhk->bnrh", read_HNL, prev_BnHN, precision=_HIGHEST))
+    _, x_BNDM = jax.lax.associative_scan(combine, (decay_BNDM, x_BNDM), axis=1)
+    prev_BNDM = jnp.concatenate([x0[:, None], x_BNDM[:, :-1]], axis=1)
+    read_DMC = c_DM[..., None] * jnp.exp(log_a_DM[..., None] * (pos_C + 1)[None, None])
+    y_in = jnp.real(jnp.einsum("hkr,bnhk->bnrh", read_DMC, prev_BNDM, precision=_HIGHEST))
     if seg_BT is not None:  # tokens whose document starts inside the chunk ignore X_{n-1}
-        prev_end_Bn = jnp.pad(end_Bn[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
-        y_in = y_in * (seg_BnL == prev_end_Bn[..., None])[..., None]
-    y_BTH = (y_BnLH + y_in).reshape(b, nc * L, nh)[:, :t]
+        prev_end_BN = jnp.pad(end_BN[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+        y_in = y_in * (seg_BNC == prev_end_BN[..., None])[..., None]
+    y_BTD = (y_BNCD + y_in).reshape(b, nc * L, nh)[:, :t]
     r = t - 1 - (nc - 1) * L  # the last token's place in the last chunk
-    w_fin_HNL = bbar_HN[..., None] * jnp.exp(
-        log_a_HN[..., None] * jnp.maximum(r - l_L, 0)[None, None]
+    w_fin_DMC = bbar_DM[..., None] * jnp.exp(
+        log_a_DM[..., None] * jnp.maximum(r - pos_C, 0)[None, None]
     )
-    x_fin = jnp.exp((r + 1) * log_a_HN)[None] * prev_BnHN[:, -1]
-    x_fin = x_fin + jnp.einsum("hks,bsh->bhk", w_fin_HNL, u_BnLH[:, -1].astype(_C64))
-    return y_BTH, x_fin
+    x_fin = jnp.exp((r + 1) * log_a_DM)[None] * prev_BNDM[:, -1]
+    x_fin = x_fin + jnp.einsum("hks,bsh->bhk", w_fin_DMC, u_BNCD[:, -1].astype(_C64))
+    return y_BTD, x_fin
 
 
 class LSSL(Mixer, nnx.Module):
@@ -171,7 +171,7 @@ class LSSL(Mixer, nnx.Module):
         self.out = dense(h, cfg.d_model, rngs=rngs, dtype=dtype)
 
     def ssm(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(A, B, C) [H, N]: complex64 (C doubled for the conjugate modes), or real fp32."""
+        """(A, B, C) [D, M]: complex64 (C doubled for the conjugate modes), or real fp32."""
         a_re = -jnp.exp(self.log_neg_a_re[...])
         if not self.complex:
             return a_re, self.b_re[...], self.c[...][0]
@@ -183,7 +183,7 @@ class LSSL(Mixer, nnx.Module):
         )
 
     def init_cache(self, batch: int, max_len: int) -> dict:
-        """Diagonal state x [B, H, N] complex64 (imaginary part 0 for the real init), position."""
+        """Diagonal state x [B, D, M] complex64 (imaginary part 0 for the real init), position."""
         x = jnp.zeros((batch, self.channels, self.state_size), _C64)
         return {"state": x, "pos": jnp.zeros((), jnp.int32)}
 
@@ -191,19 +191,19 @@ class LSSL(Mixer, nnx.Module):
         self.check_call(x_BTD, segment_ids, cache)
         t = x_BTD.shape[1]
         A, B, C = self.ssm()
-        log_dt, disc, u_BTH = self.log_dt[...], self.discretization, x_BTD.astype(_F32)
+        log_dt, disc, u_BTD = self.log_dt[...], self.discretization, x_BTD.astype(_F32)
         state = None
         if cache is not None and t == 1:  # the recurrence, one token
-            abar_HN, _, bbar_HN = s4d_discretize(log_dt, A, B, disc)
-            state = abar_HN[None] * cache["state"] + bbar_HN[None] * u_BTH[:, 0, :, None].astype(
+            abar_DM, _, bbar_DM = s4d_discretize(log_dt, A, B, disc)
+            state = abar_DM[None] * cache["state"] + bbar_DM[None] * u_BTD[:, 0, :, None].astype(
                 _C64
             )
-            y_BTH = jnp.real(jnp.sum(C.astype(_C64)[None] * state, axis=-1))[:, None]
+            y_BTD = jnp.real(jnp.sum(C.astype(_C64)[None] * state, axis=-1))[:, None]
         elif cache is None and segment_ids is None and self.form == "fft":
-            y_BTH = fft_conv(u_BTH, s4d_kernel(log_dt, A, B, C, t, disc))
+            y_BTD = fft_conv(u_BTD, s4d_kernel(log_dt, A, B, C, t, disc))
         else:
-            y_BTH, state = lti_chunked(
-                u_BTH,
+            y_BTD, state = lti_chunked(
+                u_BTD,
                 log_dt,
                 A,
                 B,
@@ -213,5 +213,5 @@ class LSSL(Mixer, nnx.Module):
                 seg_BT=segment_ids,
                 x0_BHN=cache and cache["state"],
             )
-        y_BTH = jax.nn.gelu(y_BTH + self.D[...][None, None] * u_BTH, approximate=False)
-        return self.out(y_BTH.astype(x_BTD.dtype)), advance(cache, t, state=state)
+        y_BTD = jax.nn.gelu(y_BTD + self.D[...][None, None] * u_BTD, approximate=False)
+        return self.out(y_BTD.astype(x_BTD.dtype)), advance(cache, t, state=state)

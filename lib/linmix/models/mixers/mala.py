@@ -1,6 +1,7 @@
 """MALA (Fan et al., ICCV 2025), magnitude-aware linear attention. Non-causal reduction + scalars.
 
-Class I without a scan: one global state per head, no engine call (docs/forms.md).
+A global reduction: one global state per head, no scan, no engine call
+(docs/mixers.md#global-reductions).
 
 Per head, with phi = elu + 1, s = K^-1/2, N tokens and RoPE the 2-D rotary embedding of the patch
 grid (applied to the numerator only):
@@ -32,7 +33,7 @@ from linmix.models.mixers.grid import DepthwiseConv2d, check_grid_height, grid_s
 
 @dataclasses.dataclass(frozen=True)
 class MALAOptions(Options):
-    # qhfan/MALA classfication_release/model.py (docs/mixers.md): 2-D RoPE on the numerator,
+    # qhfan/MALA classfication_release/model.py (docs/mixers.md#mala): 2-D RoPE on the numerator,
     # 5 x 5 LePE, linear output gate, biased 1 x 1 projections, eps 1e-6 in 1 / z.
     rope: bool = True
     lepe_size: int = 5  # odd kernel side of the depthwise conv on v; 0 disables it

@@ -1,11 +1,12 @@
-"""Mamba (Gu & Dao 2023), the S6 selective state-space layer. Engine ssm (class E: a decay per
-channel and state element), chunked selective scan.
+"""Mamba (Gu & Dao 2023), the S6 selective state-space layer. Selective scan (per-element decay:
+one decay per channel and state element), chunked form.
 
 Per inner channel d and state element n: h_t[d, n] = exp(Δ_t[d] A[d, n]) h_{t-1}[d, n]
 + Δ_t[d] B_t[n] x_t[d], y_t[d] = C_t h_t[d] + D_d x_t[d]. x and the gate z come from one
 projection; x goes through a causal depthwise conv + SiLU; Δ = softplus(low-rank(x) + dt_bias),
 B_t and C_t are projections of x; A = -exp(A_log) starts at S4D-real A[d, n] = -(n + 1); the
-output is y * SiLU(z), projected back. Defaults follow fla's `layers/mamba.py` (docs/mixers.md).
+output is y * SiLU(z), projected back. Defaults follow fla's `layers/mamba.py`
+(docs/mixers.md#mamba).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from linmix.models.mixers.recurrent import run_ssm
 @dataclasses.dataclass(frozen=True)
 class MambaOptions(Options):
     expand: float = 2.0  # inner width = expand * d_model (num_heads is not used)
-    state_size: int = 16  # N per channel
+    state_size: int = 16  # M per channel
     dt_rank: int = 0  # rank of the Δ projection; 0: ceil(d_model / 16)
     use_short_conv: bool = True
     conv_size: int = 4
@@ -69,7 +70,7 @@ class Mamba(Mixer, nnx.Module):
         self.chunk_size = cfg.chunk_size
 
     def init_cache(self, batch: int, max_len: int) -> dict:
-        """State [B, inner, N] fp32, the conv tail, and the next position."""
+        """State [B, D, M] fp32 (D the inner channels), the conv tail, and the next position."""
         return {
             "state": jnp.zeros((batch, self.inner, self.state_size), jnp.float32),
             "conv": None if self.conv is None else self.conv.init_cache(batch),
@@ -78,28 +79,28 @@ class Mamba(Mixer, nnx.Module):
 
     def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
         self.check_call(x_BTD, segment_ids, cache)
-        x_BTF, z_BTF = jnp.split(self.in_proj(x_BTD), 2, axis=-1)
+        u_BTD, z_BTD = jnp.split(self.in_proj(x_BTD), 2, axis=-1)
         conv = None
         if self.conv is not None and cache is not None:
-            x_BTF, conv = self.conv.extend(x_BTF, cache["conv"])
+            u_BTD, conv = self.conv.extend(u_BTD, cache["conv"])
         elif self.conv is not None:
-            x_BTF = self.conv(x_BTF, segment_ids)
-        x_BTF = jax.nn.silu(x_BTF)
-        dt_BTR, B_BTN, C_BTN = jnp.split(
-            self.x_proj(x_BTF), [self.dt_rank, self.dt_rank + self.state_size], axis=-1
+            u_BTD = self.conv(u_BTD, segment_ids)
+        u_BTD = jax.nn.silu(u_BTD)
+        dt_BTY, B_BTM, C_BTM = jnp.split(
+            self.x_proj(u_BTD), [self.dt_rank, self.dt_rank + self.state_size], axis=-1
         )
-        y_BTF, state = run_ssm(
-            x_BTF,
-            self.dt_proj(dt_BTR),
+        y_BTD, state = run_ssm(
+            u_BTD,
+            self.dt_proj(dt_BTY),
             -jnp.exp(self.A_log[...]),
-            B_BTN,
-            C_BTN,
+            B_BTM,
+            C_BTM,
             self.D[...],
-            z_BTF,
+            z_BTD,
             dt_bias=self.dt_bias[...],
             dt_softplus=True,
             state=cache and cache["state"],
             segment_ids=segment_ids,
             chunk_size=self.chunk_size,
         )
-        return self.out_proj(y_BTF), advance(cache, x_BTD.shape[1], state=state, conv=conv)
+        return self.out_proj(y_BTD), advance(cache, x_BTD.shape[1], state=state, conv=conv)

@@ -1,11 +1,11 @@
-"""Mamba2 (Dao & Gu 2024), state-space duality. Engine L, data-dependent scalar gate,
+"""Mamba2 (Dao & Gu 2024), state-space duality. Engine L, data-dependent scalar decay,
 chunked form.
 
-Per head h with head dim P and state size N: S_t = exp(Δ_t A_h) S_{t-1} + B_t^T (Δ_t x_t),
+Per head h with head dim V and state size M: S_t = exp(Δ_t A_h) S_{t-1} + B_t^T (Δ_t x_t),
 y_t = C_t S_t + D_h x_t, i.e. gla with q = C, k = B, v = Δ x, log-decay Δ A_h and scale 1.
 One projection gives [z, x, B, C, Δ]; a causal depthwise conv + SiLU runs over (x, B, C); the
 output is RMSNorm(y * SiLU(z)) (norm after the gate) and a projection back. B and C are shared by
-the heads of a group. Defaults follow fla's `layers/mamba2.py` (docs/mixers.md).
+the heads of a group. Defaults follow fla's `layers/mamba2.py` (docs/mixers.md#mamba2).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from linmix.models.mixers.recurrent import run_gla
 @dataclasses.dataclass(frozen=True)
 class Mamba2Options(Options):
     expand: float = 2.0  # inner width = expand * d_model
-    head_dim: int = 64  # P; heads = inner width / P (num_heads is not used)
-    state_size: int = 128  # N
-    n_groups: int = 1  # B, C groups shared by inner/(P * n_groups) heads each
+    head_dim: int = 64  # V; heads = inner width / V (num_heads is not used)
+    state_size: int = 128  # M
+    n_groups: int = 1  # G groups of B, C, shared by inner/(V * n_groups) heads each
     use_short_conv: bool = True
     conv_size: int = 4
     a_init_range: tuple[float, float] = (1.0, 16.0)
@@ -80,7 +80,7 @@ class Mamba2(Mixer, nnx.Module):
         self.chunk_size = cfg.chunk_size
 
     def init_cache(self, batch: int, max_len: int) -> dict:
-        """State [B, heads, N, head_dim] fp32, the conv tail, and the next position."""
+        """State [B, H, M, V] fp32, the conv tail, and the next position."""
         p = self.inner // self.heads
         return {
             "state": jnp.zeros((batch, self.heads, self.state_size, p), jnp.float32),
@@ -92,34 +92,34 @@ class Mamba2(Mixer, nnx.Module):
         self.check_call(x_BTD, segment_ids, cache)
         b, t, _ = x_BTD.shape
         h, n, gr = self.heads, self.state_size, self.groups
-        z_BTF, xbc_BTF, dt_BTH = jnp.split(
+        z_BTD, xbc_BTD, dt_BTH = jnp.split(
             self.in_proj(x_BTD), [self.inner, 2 * self.inner + 2 * gr * n], axis=-1
         )
         conv = None
         if self.conv is not None and cache is not None:
-            xbc_BTF, conv = self.conv.extend(xbc_BTF, cache["conv"])
+            xbc_BTD, conv = self.conv.extend(xbc_BTD, cache["conv"])
         elif self.conv is not None:
-            xbc_BTF = self.conv(xbc_BTF, segment_ids)
-        xbc_BTF = jax.nn.silu(xbc_BTF)
-        x_BTF, B_BTF, C_BTF = jnp.split(xbc_BTF, [self.inner, self.inner + gr * n], axis=-1)
-        x_BTHP = x_BTF.reshape(b, t, h, -1)
+            xbc_BTD = self.conv(xbc_BTD, segment_ids)
+        xbc_BTD = jax.nn.silu(xbc_BTD)
+        u_BTD, B_BTD, C_BTD = jnp.split(xbc_BTD, [self.inner, self.inner + gr * n], axis=-1)
+        u_BTHV = u_BTD.reshape(b, t, h, -1)
         # Heads of a group read the same B (keys) and C (queries).
-        B_BTHN = jnp.repeat(B_BTF.reshape(b, t, gr, n), h // gr, axis=2)
-        C_BTHN = jnp.repeat(C_BTF.reshape(b, t, gr, n), h // gr, axis=2)
+        B_BTHM = jnp.repeat(B_BTD.reshape(b, t, gr, n), h // gr, axis=2)
+        C_BTHM = jnp.repeat(C_BTD.reshape(b, t, gr, n), h // gr, axis=2)
         delta_BTH = jax.nn.softplus(dt_BTH.astype(jnp.float32) + self.dt_bias[...][None, None])
         g_BTH = -jnp.exp(self.A_log[...])[None, None] * delta_BTH
-        v_BTHP = x_BTHP * delta_BTH[..., None].astype(x_BTHP.dtype)
-        y_BTHP, state = run_gla(
-            C_BTHN,
-            B_BTHN,
-            v_BTHP,
+        v_BTHV = u_BTHV * delta_BTH[..., None].astype(u_BTHV.dtype)
+        y_BTHV, state = run_gla(
+            C_BTHM,
+            B_BTHM,
+            v_BTHV,
             g_BTH,
             scale=1.0,
             state=cache and cache["state"],
             segment_ids=segment_ids,
             chunk_size=self.chunk_size,
         )
-        y_BTHP = y_BTHP + x_BTHP * self.D[...][None, None, :, None].astype(x_BTHP.dtype)
-        y_BTF = y_BTHP.reshape(b, t, self.inner) * jax.nn.silu(z_BTF)
-        y_BTD = self.out_proj(self.norm(y_BTF))
+        y_BTHV = y_BTHV + u_BTHV * self.D[...][None, None, :, None].astype(u_BTHV.dtype)
+        y_BTD = y_BTHV.reshape(b, t, self.inner) * jax.nn.silu(z_BTD)
+        y_BTD = self.out_proj(self.norm(y_BTD))
         return y_BTD, advance(cache, t, state=state, conv=conv)

@@ -1,6 +1,6 @@
 """RALA (Fan et al., CVPR 2025), rank-augmented linear attention. Non-causal reduction only.
 
-Special (docs/mixers.md): keys are re-weighted by a softmax against the mean query of the
+Special (docs/mixers.md#rala): keys are re-weighted by a softmax against the mean query of the
 whole image, so no causal recurrence exists. Per head, with phi = elu + 1, s = K^-1/2, N tokens:
 
     alpha_j  = softmax_j(s mean_i phi(q_i) . phi(k_j))          (KV-buffer rank augmentation)
@@ -28,7 +28,7 @@ from linmix.models.mixers.mala import MALA, MALAOptions
 
 @dataclasses.dataclass(frozen=True)
 class RALAOptions(MALAOptions):
-    # qhfan/RALA classfication/RALA.py (docs/mixers.md): MALA's defaults (2-D RoPE on the
+    # qhfan/RALA classfication/RALA.py (docs/mixers.md#rala): MALA's defaults (2-D RoPE on the
     # numerator, 5 x 5 LePE, linear output gate, biased 1 x 1 projections, eps 1e-6).
     pass
 

@@ -64,7 +64,7 @@ def run_delta(q, k, v, beta, g, *, state=None, segment_ids=None, chunk_size=64, 
 
 
 def run_ssm(x, dt, A, B, C, D, z, *, state=None, segment_ids=None, chunk_size=64, **kw):
-    """`selective_scan` or `selective_scan_step`: (y [B, T, Dc], new state or None)."""
+    """`selective_scan` or `selective_scan_step`: (y [B, T, D], new state or None)."""
     if x.shape[1] == 1 and state is not None:
         y_t, state = selective_scan_step(
             x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, _first(z), state, **kw

@@ -1,7 +1,7 @@
-"""RetNet (Sun et al. 2023), multi-scale retention. Engine L, fixed per-head scalar decay (S0).
+"""RetNet (Sun et al. 2023), multi-scale retention. Engine L, fixed per-head scalar decay.
 
 Decay a_h = 1 - 2^(-5-h); rotary q, k; output RMSNorm(o) * swish(x W_g). Defaults follow fla's
-`layers/multiscale_retention.py` (docs/mixers.md).
+`layers/multiscale_retention.py` (docs/mixers.md#retnet).
 """
 
 from __future__ import annotations

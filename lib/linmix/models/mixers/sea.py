@@ -1,7 +1,7 @@
 """SEA (Lee et al., ICLR 2024): top-k sparse softmax attention from an estimated compressed mask,
 the estimate from engine L (no gate, normalised Performer linear attention, chunked form).
 
-Causal form, per head (gmlwns2000/sea-attention, `perlin_attention`, docs/mixers.md):
+Causal form, per head (gmlwns2000/sea-attention, `perlin_attention`, docs/mixers.md#sea):
 
 1. Estimate. Normalised linear attention with FAVOR+ features (m = K ln K / nb_factor random
    features) reads values [v_s, pos(s)] (pos: a sinusoid of the position, where SEA learns a
@@ -140,14 +140,14 @@ class SEA(Mixer, nnx.Module):
             positive_random_features(x.astype(_F32) * hd**-0.25, proj, stabilize=stab)
             for x, stab in ((q, True), (k, False))
         )
-        p_BT1P = sinusoid(pos_BT, hd)[:, :, None]
-        p_BTHP = jnp.broadcast_to(p_BT1P, (*v.shape[:3], hd))
-        values = jnp.concatenate([v.astype(_F32), p_BTHP], -1)
+        p_BT1V = sinusoid(pos_BT, hd)[:, :, None]
+        p_BTHV = jnp.broadcast_to(p_BT1V, (*v.shape[:3], hd))
+        values = jnp.concatenate([v.astype(_F32), p_BTHV], -1)
         ctx, state = run_gla(
             phi_q, phi_k, values, None, state=state, segment_ids=segment_ids,
             chunk_size=self.chunk_size, scale=1.0, normalize=True,
         )  # fmt: skip
-        feats = jnp.concatenate([ctx, v.astype(_F32), p_BTHP], -1)
+        feats = jnp.concatenate([ctx, v.astype(_F32), p_BTHV], -1)
         hidden = jax.nn.gelu(self.enc_norm(self.enc(feats)), approximate=False)
         return self.dec_norm(self.dec(hidden)), state
 

@@ -1,15 +1,15 @@
-"""SLAB simplified linear attention (Guo et al., ICML 2024). Non-causal class-I reduction (one
-einsum per head, no engine call) plus a 5x5 depthwise conv on V; docs/mixers.md.
+"""SLAB simplified linear attention (Guo et al., ICML 2024). Non-causal global reduction (one
+einsum per head, no engine call) plus a 5x5 depthwise conv on V.
 
     k <- k + P                    (learned absolute position embedding, added to keys only)
     o_i = relu(q_i) sum_j relu(k_j)^T v_j / (relu(q_i) . sum_j relu(k_j) + 1e-6) + DWC(V)_i
 
-then the output projection. The DWC has head_dim channels and is shared by all heads; the
-reduction runs in fp32 (the reference disables autocast there). A vision mixer: the T tokens are a
-row-major patch grid, square unless `grid_height` is set (otherwise a non-square T raises
-ValueError). The zero-initialised position table is 14 x 14 as in SLAB-DeiT (224 px, patch 16);
-on another grid it is bilinearly resized (torch `interpolate`, align_corners=False), as ViTs do
-when the resolution changes. Not permutation-equivariant (DWC, positions).
+then the output projection (docs/mixers.md#slab). The DWC has head_dim channels and is shared by
+all heads; the reduction runs in fp32 (the reference disables autocast there). A vision mixer: the
+T tokens are a row-major patch grid, square unless `grid_height` is set (otherwise a non-square T
+raises ValueError). The zero-initialised position table is 14 x 14 as in SLAB-DeiT (224 px, patch
+16); on another grid it is bilinearly resized (torch `interpolate`, align_corners=False), as ViTs
+do when the resolution changes. Not permutation-equivariant (DWC, positions).
 
 PRepBN, the other half of the paper, is a normalisation layer, not part of the mixer: it replaces
 the block's LayerNorms by y = l*LN(x) + (1-l)*(BN(x) + eta*x) with l decaying linearly from 1 to 0
@@ -76,12 +76,12 @@ class SLAB(Mixer, nnx.Module):
 
     def key_positions(self, rows: int, cols: int) -> jax.Array:
         """The [rows * cols, D] position embedding added to the keys."""
-        table_PPD = self.pos[...]
-        p = table_PPD.shape[0]
+        table_PQD = self.pos[...]
+        p = table_PQD.shape[0]
         if (rows, cols) != (p, p):
-            r_RP, c_CP = linear_resize_matrix(p, rows), linear_resize_matrix(p, cols)
-            table_PPD = jnp.einsum("rp,pqd,cq->rcd", r_RP, table_PPD, c_CP)
-        return table_PPD.reshape(rows * cols, -1)
+            row_map, col_map = linear_resize_matrix(p, rows), linear_resize_matrix(p, cols)
+            table_PQD = jnp.einsum("rp,pqd,cq->rcd", row_map, table_PQD, col_map)
+        return table_PQD.reshape(rows * cols, -1)
 
     def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
         self.check_call(x_BTD, segment_ids, cache)
@@ -102,8 +102,8 @@ class SLAB(Mixer, nnx.Module):
         den_BTH = jnp.einsum("bthk,bhk->bth", q_BTHK, k_BTHK.sum(axis=1))
         o_BTHV = num_BTHV / (den_BTH[..., None] + self.eps)
         # One DWC over head_dim channels, applied to every head's V (batch and heads folded).
-        v_NTV = v_BTD.reshape(b, t, h, -1).transpose(0, 2, 1, 3).reshape(b * h, t, -1)
-        local_NTV = self.dwc(v_NTV, rows, cols)
-        local_BTHV = local_NTV.reshape(b, h, t, -1).transpose(0, 2, 1, 3)
+        v_BTV = v_BTD.reshape(b, t, h, -1).transpose(0, 2, 1, 3).reshape(b * h, t, -1)
+        local_BTV = self.dwc(v_BTV, rows, cols)
+        local_BTHV = local_BTV.reshape(b, h, t, -1).transpose(0, 2, 1, 3)
         o_BTD = (o_BTHV.astype(self.dtype) + local_BTHV).reshape(b, t, d)
         return self.proj(o_BTD), None

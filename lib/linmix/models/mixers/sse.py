@@ -1,23 +1,25 @@
-"""SSE (Pan et al. 2025), Sparse State Expansion on GLA. Engine L, vector gate, chunked mask form.
+"""SSE (Pan et al. 2025), Sparse State Expansion on GLA. Engine L, per-channel decay, chunked mask
+form.
 
-Per head there is a shared state S0 and N partition states S1..SN (each K x V). A router
-e_t = softmax(x_t W_e) over the N partitions picks the top-k writers W_t and readers R_t:
+Per head there is a shared state S0 and Z partition states S1..SZ (each K x V). A router
+e_t = softmax(x_t W_e) over the Z partitions picks the top-k writers W_t and readers R_t:
 
     S0_t = diag(a1_t) S0_{t-1} + k1_t^T v_t
     Si_t = diag(a2_t)^{m_ti} Si_{t-1} + m_ti e_ti k2_t^T v_t,      m_ti = 1[i in W_t]
     o_t  = (q1_t S0_t + sum_{i in R_t} e_ti q2_t Si_t) / sqrt(K)
 
-Unselected partitions neither write nor decay. The mask form (docs/mixers.md, fla `ops/sse/mask`)
-runs all of it as one GLA call on (N + 1) * H heads: head block 0 is the shared path, block i
-carries q2 e_i 1[R], k2 e_i 1[W], v 1[W] and the gate g2 1[W] (log-gate 0 = no decay), and the
-blocks are summed. It costs (N + 1) x a GLA layer; the varlen form (sorting tokens by partition)
-is an equivalent, faster layout that is not implemented here. Top-k masks carry no gradient; the
-router learns through e (read and write gates) and the load-balancing loss `aux_loss`.
+Unselected partitions neither write nor decay. The mask form (docs/mixers.md#sse, fla
+`ops/sse/mask`) runs all of it as one GLA call on (Z + 1) * H heads: head block 0 is the shared
+path, block i carries q2 e_i 1[R], k2 e_i 1[W], v 1[W] and the gate g2 1[W] (log-gate 0 = no
+decay), and the blocks are summed. It costs (Z + 1) x a GLA layer; the varlen form (sorting
+tokens by partition) is an equivalent, faster layout that is not implemented here. Top-k masks
+carry no gradient; the router learns through e (read and write gates) and the load-balancing
+loss `aux_loss`.
 
 Maps: q = SiLU, k = softmax over the head dim, v = SiLU; q2 = q1 + LoRA(x), k2 = k1 + LoRA(x)
 (rank = head value dim, built from the projections before the conv); an optional short conv acts
 on q1, k1 only. The key softmax is dense, as in the released code: the row-level top-k of the
-paper's notation is not applied (docs/mixers.md, code vs paper). Two rank-16 GLA gates
+paper's notation is not applied (docs/mixers.md#code-versus-paper). Two rank-16 GLA gates
 log a = logsigmoid(.) / 16. Output RMSNorm(o) * SiLU(x W_g1 W_g2) with a rank head-value-dim gate.
 Only SSE-GLA is implemented (the paper's main model); SSE-GDN (the same routing on engine Δ) is
 not.
@@ -44,7 +46,7 @@ class SSEOptions(LinearOptions):
     # fla `SSEConfig`: 6 heads of 256 at d_model 2048 for both keys and values (expand_v = 1).
     expand_k: float = 0.75
     expand_v: float = 0.75
-    num_sparse_partition: int = 4  # N
+    num_sparse_partition: int = 4  # Z
     # Top-k writers / readers: the paper's main models are "n4k1" and the layer default is 1
     # (`SSEConfig` itself says 2).
     num_writer: int = 1
@@ -123,7 +125,7 @@ class SSE(Mixer, nnx.Module):
         self.chunk_size = cfg.chunk_size
 
     def init_cache(self, batch: int, max_len: int) -> dict:
-        """N + 1 states per head [B, (N+1) H, K, V] fp32 (shared first), conv tails, position."""
+        """Z + 1 states per head [B, (Z+1) H, K, V] fp32 (shared first), conv tails, position."""
         heads = (self.num_partitions + 1) * self.num_heads
         conv = None if self.convs is None else [c.init_cache(batch) for c in self.convs]
         return {
@@ -133,29 +135,29 @@ class SSE(Mixer, nnx.Module):
         }
 
     def route(self, x_BTD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Router weights e [B, T, N] fp32 and the writer / reader masks (top-k of e, 0/1 fp32).
+        """Router weights e [B, T, Z] fp32 and the writer / reader masks (top-k of e, 0/1 fp32).
 
         Ties go to the lower partition index (`lax.top_k`), as in fla's kernel."""
-        e_BTN = jax.nn.softmax(self.router(x_BTD.astype(_F32)), axis=-1)
+        e_BTZ = jax.nn.softmax(self.router(x_BTD.astype(_F32)), axis=-1)
         n = self.num_partitions
 
         def top(k: int) -> jax.Array:
-            _, idx_BTk = jax.lax.top_k(jax.lax.stop_gradient(e_BTN), k)
-            return jax.nn.one_hot(idx_BTk, n, dtype=_F32).sum(axis=-2)
+            _, top_idx = jax.lax.top_k(jax.lax.stop_gradient(e_BTZ), k)
+            return jax.nn.one_hot(top_idx, n, dtype=_F32).sum(axis=-2)
 
-        return e_BTN, top(self.num_writer), top(self.num_reader)
+        return e_BTZ, top(self.num_writer), top(self.num_reader)
 
     def aux_loss(self, x_BTD: jax.Array, mask_BT: jax.Array | None = None) -> jax.Array:
-        """Load-balancing loss (N / k_w) sum_i mean_t(e_ti) mean_t(1[i in W_t]) of this layer's
+        """Load-balancing loss (Z / k_w) sum_i mean_t(e_ti) mean_t(1[i in W_t]) of this layer's
         input x (fla's writer-only loss; 1 when balanced). Scale it by `aux_loss_coef`.
 
         `mask_BT` (1 = real token) restricts the means to real tokens, e.g. to skip padding."""
-        e_BTN, w_BTN, _ = self.route(x_BTD)
-        m_BT1 = jnp.ones(e_BTN.shape[:2] + (1,), _F32) if mask_BT is None else mask_BT[..., None]
+        e_BTZ, w_BTZ, _ = self.route(x_BTD)
+        m_BT1 = jnp.ones(e_BTZ.shape[:2] + (1,), _F32) if mask_BT is None else mask_BT[..., None]
         count = jnp.maximum(m_BT1.sum(), 1.0)
-        p_N = (e_BTN * m_BT1).sum(axis=(0, 1)) / count
-        f_N = (w_BTN * m_BT1).sum(axis=(0, 1)) / count
-        return self.num_partitions / self.num_writer * jnp.sum(p_N * f_N)
+        p_Z = (e_BTZ * m_BT1).sum(axis=(0, 1)) / count
+        f_Z = (w_BTZ * m_BT1).sum(axis=(0, 1)) / count
+        return self.num_partitions / self.num_writer * jnp.sum(p_Z * f_Z)
 
     def features(self, x_BTD: jax.Array, segment_ids=None, conv_cache=None):
         """(q1, q2, k1, k2 [B, T, H, K], v [B, T, H, V], log-gates g1, g2 [B, T, H, K] fp32,
@@ -193,40 +195,41 @@ class SSE(Mixer, nnx.Module):
     def output(self, o_BTHV: jax.Array, x_BTD: jax.Array) -> jax.Array:
         """Per-head RMSNorm, times SiLU of the low-rank output gate, then W_o."""
         b, t, _, _ = o_BTHV.shape
-        y_BTF = self.norm(o_BTHV).reshape(b, t, -1)
+        y_BTD = self.norm(o_BTHV).reshape(b, t, -1)
         if self.out_gate is not None:
-            y_BTF = y_BTF * jax.nn.silu(_apply(self.out_gate, x_BTD))
-        return self.out(y_BTF)
+            y_BTD = y_BTD * jax.nn.silu(_apply(self.out_gate, x_BTD))
+        return self.out(y_BTD)
 
     def __call__(self, x_BTD: jax.Array, *, segment_ids=None, cache=None):
         self.check_call(x_BTD, segment_ids, cache)
         b, t, _ = x_BTD.shape
         q1, q2, k1, k2, v, g1, g2, conv = self.features(x_BTD, segment_ids, cache and cache["conv"])
-        e_BTN, w_BTN, r_BTN = self.route(x_BTD)
+        e_BTZ, w_BTZ, r_BTZ = self.route(x_BTD)
         dtype = q1.dtype
 
-        def expand(y_BTHX, m_BTN):  # [B, T, H, X] x [B, T, N] -> [B, T, N, H, X]
-            return y_BTHX[:, :, None] * m_BTN[:, :, :, None, None].astype(y_BTHX.dtype)
+        def expand(y, m_BTZ):  # [B, T, H, K or V] x [B, T, Z] -> [B, T, Z, H, K or V]
+            return y[:, :, None] * m_BTZ[:, :, :, None, None].astype(y.dtype)
 
         parts = (
-            expand(q2, (e_BTN * r_BTN).astype(dtype)),
-            expand(k2, (e_BTN * w_BTN).astype(dtype)),
-            expand(v, w_BTN.astype(dtype)),
-            expand(g2, w_BTN),  # log-gate 0: an unselected partition keeps its state
+            expand(q2, (e_BTZ * r_BTZ).astype(dtype)),
+            expand(k2, (e_BTZ * w_BTZ).astype(dtype)),
+            expand(v, w_BTZ.astype(dtype)),
+            expand(g2, w_BTZ),  # log-gate 0: an unselected partition keeps its state
         )
-        # Heads (N + 1) * H in (partition, head) order; block 0 is the shared path.
-        q_BTXK, k_BTXK, v_BTXV, g_BTXK = (
+        # Engine heads: (Z + 1) * H in (partition, head) order; block 0 is the shared path.
+        q_BTHK, k_BTHK, v_BTHV, g_BTHK = (
             jnp.concatenate([y[:, :, None], p], axis=2).reshape(b, t, -1, y.shape[-1])
             for y, p in zip((q1, k1, v, g1), parts, strict=True)
         )
-        o_BTXV, state = run_gla(
-            q_BTXK,
-            k_BTXK,
-            v_BTXV,
-            g_BTXK,
+        o_BTHV, state = run_gla(
+            q_BTHK,
+            k_BTHK,
+            v_BTHV,
+            g_BTHK,
             state=cache and cache["state"],
             segment_ids=segment_ids,
             chunk_size=self.chunk_size,
         )
-        o_BTHV = o_BTXV.reshape(b, t, self.num_partitions + 1, self.num_heads, -1).sum(axis=2)
+        # Sum the partition blocks back to H heads.
+        o_BTHV = o_BTHV.reshape(b, t, self.num_partitions + 1, self.num_heads, -1).sum(axis=2)
         return self.output(o_BTHV, x_BTD), advance(cache, t, state=state, conv=conv)

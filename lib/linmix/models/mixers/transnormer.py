@@ -11,7 +11,7 @@ SimpleRMSNorm (T1). Packed documents start their own blocks.
 The paper stacks DiagAttention in the first half of the layers and NormAttention in the second
 (`attention` picks one per mixer). Defaults are the T2 model (`transnormer_t2`: 1+elu kernel,
 softmax blocks of 64) of OpenNLPLab/fairseq-evo `norm_linear_attention.py` and
-`norm_local_attention.py` (docs/mixers.md).
+`norm_local_attention.py` (docs/mixers.md#transnormer).
 """
 
 from __future__ import annotations
@@ -53,18 +53,18 @@ def simple_rms_norm(x: jax.Array, eps: float) -> jax.Array:
     return (x32 / (rms + eps)).astype(x.dtype)
 
 
-def _attend(q_BXWHK, k_BXSHK, v_BXSHV, mask_BXWS, relu: bool) -> jax.Array:
-    """Masked softmax (or ReLU) attention within each of X groups: o [B, X, W, H, V] fp32."""
-    logits_BXHWS = jnp.einsum(
-        "bxwhk,bxshk->bxhws", q_BXWHK, k_BXSHK, preferred_element_type=_F32
-    ) * (q_BXWHK.shape[-1] ** -0.5)
-    mask_BX1WS = mask_BXWS[:, :, None]
+def _attend(q_BNRHK, k_BNSHK, v_BNSHV, mask_BNRS, relu: bool) -> jax.Array:
+    """Masked softmax (or ReLU) attention within each of N blocks: o [B, N, R, H, V] fp32."""
+    logits_BNHRS = jnp.einsum(
+        "bnrhk,bnshk->bnhrs", q_BNRHK, k_BNSHK, preferred_element_type=_F32
+    ) * (q_BNRHK.shape[-1] ** -0.5)
+    mask_BN1RS = mask_BNRS[:, :, None]
     if relu:
-        p_BXHWS = jnp.where(mask_BX1WS, jax.nn.relu(logits_BXHWS), 0.0)
+        p_BNHRS = jnp.where(mask_BN1RS, jax.nn.relu(logits_BNHRS), 0.0)
     else:  # every row keeps its own token, so no row is fully masked
-        p_BXHWS = jax.nn.softmax(jnp.where(mask_BX1WS, logits_BXHWS, -jnp.inf), axis=-1)
+        p_BNHRS = jax.nn.softmax(jnp.where(mask_BN1RS, logits_BNHRS, -jnp.inf), axis=-1)
     return jnp.einsum(
-        "bxhws,bxshv->bxwhv", p_BXHWS.astype(v_BXSHV.dtype), v_BXSHV, preferred_element_type=_F32
+        "bnhrs,bnshv->bnrhv", p_BNHRS.astype(v_BNSHV.dtype), v_BNSHV, preferred_element_type=_F32
     )
 
 
@@ -83,27 +83,27 @@ def block_attention(q_BTHK, k_BTHK, v_BTHV, block_BT, *, size: int, lookback: bo
         x = jnp.pad(x, [(0, 0), (0, n * size - t)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
         return x.reshape(b, n, size, *x.shape[2:])
 
-    q_BNWHK, k_BNSHK, v_BNSHV, qid_BNW = (
+    q_BNRHK, k_BNSHK, v_BNSHV, qid_BNR = (
         grid(q_BTHK),
         grid(k_BTHK),
         grid(v_BTHV),
         grid(block_BT, -1),
     )
-    qpos_1NW = jnp.arange(n * size).reshape(1, n, size)
-    kid_BNS, kpos_1NS = qid_BNW, qpos_1NW
+    qpos_1NR = jnp.arange(n * size).reshape(1, n, size)
+    kid_BNS, kpos_1NS = qid_BNR, qpos_1NR
     if lookback:
 
         def prev(x, fill):  # the previous grid block (`fill` before the first), then this one
             before = jnp.concatenate([jnp.full_like(x[:, :1], fill), x[:, :-1]], axis=1)
             return jnp.concatenate([before, x], axis=2)
 
-        k_BNSHK, v_BNSHV, kid_BNS = prev(k_BNSHK, 0), prev(v_BNSHV, 0), prev(qid_BNW, -2)
-        kpos_1NS = jnp.concatenate([qpos_1NW - size, qpos_1NW], axis=2)
-    mask_BNWS = (qid_BNW[..., :, None] == kid_BNS[..., None, :]) & (
-        qpos_1NW[..., :, None] >= kpos_1NS[..., None, :]
+        k_BNSHK, v_BNSHV, kid_BNS = prev(k_BNSHK, 0), prev(v_BNSHV, 0), prev(qid_BNR, -2)
+        kpos_1NS = jnp.concatenate([qpos_1NR - size, qpos_1NR], axis=2)
+    mask_BNRS = (qid_BNR[..., :, None] == kid_BNS[..., None, :]) & (
+        qpos_1NR[..., :, None] >= kpos_1NS[..., None, :]
     )
-    o_BNWHV = _attend(q_BNWHK, k_BNSHK, v_BNSHV, mask_BNWS, relu)
-    return o_BNWHV.reshape(b, n * size, *o_BNWHV.shape[3:])[:, :t].astype(q_BTHK.dtype)
+    o_BNRHV = _attend(q_BNRHK, k_BNSHK, v_BNSHV, mask_BNRS, relu)
+    return o_BNRHV.reshape(b, n * size, *o_BNRHV.shape[3:])[:, :t].astype(q_BTHK.dtype)
 
 
 class TransNormer(Mixer, nnx.Module):
@@ -168,8 +168,8 @@ class TransNormer(Mixer, nnx.Module):
                 segment_ids=segment_ids,
                 chunk_size=self.chunk_size,
             )
-            y_BTF = simple_rms_norm(o_BTHV.reshape(b, t, -1), self.eps)
-            return self.out(y_BTF), advance(cache, t, state=state, conv=conv)
+            y_BTD = simple_rms_norm(o_BTHV.reshape(b, t, -1), self.eps)
+            return self.out(y_BTD), advance(cache, t, state=state, conv=conv)
         if cache is None:
             if segment_ids is None:
                 block_BT = jnp.broadcast_to(jnp.arange(t) // self.block_size, (b, t))
@@ -189,23 +189,23 @@ class TransNormer(Mixer, nnx.Module):
         else:
             o_BTHV, k_cache, v_cache = self._diag_cached(q_BTHK, k_BTHK, v_BTHV, cache)
             new = advance(cache, t, k=k_cache, v=v_cache, conv=conv)
-        y_BTF = o_BTHV.reshape(b, t, -1)
+        y_BTD = o_BTHV.reshape(b, t, -1)
         if self.relu:
-            y_BTF = simple_rms_norm(y_BTF, self.eps)
-        return self.out(y_BTF), new
+            y_BTD = simple_rms_norm(y_BTD, self.eps)
+        return self.out(y_BTD), new
 
     def _diag_cached(self, q_BTHK, k_BTHK, v_BTHV, cache):
         """DiagAttention continuing from the cached block: (o, new block keys, new block values)."""
         w, (b, t) = self.block_size, q_BTHK.shape[:2]
         r = cache["pos"] % w  # slot of the first new token; slots < r hold this block's past
         if t == 1:
-            k_BWHK, v_BWHV = (
+            k_BSHK, v_BSHV = (
                 jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), r, axis=1)
                 for c, x in ((cache["k"], k_BTHK), (cache["v"], v_BTHV))
             )
-            mask_11W = (jnp.arange(w) <= r)[None, None, None]  # stale slots > r stay unseen
-            o = _attend(q_BTHK[:, None], k_BWHK[:, None], v_BWHV[:, None], mask_11W, self.relu)
-            return o[:, 0].astype(q_BTHK.dtype), k_BWHK, v_BWHV
+            mask_111S = (jnp.arange(w) <= r)[None, None, None]  # stale slots > r stay unseen
+            o = _attend(q_BTHK[:, None], k_BSHK[:, None], v_BSHV[:, None], mask_111S, self.relu)
+            return o[:, 0].astype(q_BTHK.dtype), k_BSHK, v_BSHV
         # Prefill: lay the cached block and the new tokens on a block-aligned buffer (slot r on),
         # run the block form on it, and keep the block holding the next position.
         size = w * (-(-t // w) + 2)
@@ -218,11 +218,11 @@ class TransNormer(Mixer, nnx.Module):
         q_buf, k_buf, v_buf = (
             buffer(c, x) for c, x in ((zeros, q_BTHK), (cache["k"], k_BTHK), (cache["v"], v_BTHV))
         )
-        block_BS = jnp.broadcast_to(jnp.arange(size) // w, (b, size))
+        block_BT = jnp.broadcast_to(jnp.arange(size) // w, (b, size))
         o_buf = block_attention(
-            q_buf, k_buf, v_buf, block_BS, size=w, lookback=False, relu=self.relu
+            q_buf, k_buf, v_buf, block_BT, size=w, lookback=False, relu=self.relu
         )
         o_BTHV = jax.lax.dynamic_slice_in_dim(o_buf, r, t, axis=1).astype(q_BTHK.dtype)
         start = (r + t) // w * w
-        k_BWHK, v_BWHV = (jax.lax.dynamic_slice_in_dim(x, start, w, axis=1) for x in (k_buf, v_buf))
-        return o_BTHV, k_BWHK, v_BWHV
+        k_BSHK, v_BSHV = (jax.lax.dynamic_slice_in_dim(x, start, w, axis=1) for x in (k_buf, v_buf))
+        return o_BTHV, k_BSHK, v_BSHV
