@@ -29,7 +29,7 @@ Per head, forward, T tokens (T rounded up to whole chunks for the chunked form):
   (6*K*V) and the chunk transition Kd^T W (2*K*K); per chunk the K x K by K x V transition
   product (2*K*K*V). The gate adds only elementwise work.
 - Per-token delta rule (`delta_scan`): k_t S, the rank-1 update and q_t S_t: 6*T*K*V.
-- Selective scan (Mamba-1, class E) over D channels with N state elements, every form: no
+- Selective scan (Mamba-1, per-element decay) over D channels with M state elements, every form: no
   contraction at all; per token and (channel, state) element the decay multiply, the input
   product Δ B x (2), the add and the output multiply-add C h (2): 6*T*D*N. exp is not counted.
 - Causal softmax attention (`attention`): 2*T*T*(K+V) / 2 = T*T*(K+V) (Q K^T and P V over the

@@ -40,7 +40,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from linmix.ops.ssm import common, selective_scan
-from linmix.ops.ssm.api import _validate
+from linmix.ops.ssm.api import validate
 from linmix.parallel.lasp2 import sequence_specs, shard_map_inputs, shard_prefix, shard_segments
 
 __all__ = ["selective_scan_sharded"]
@@ -61,7 +61,7 @@ def selective_scan_sharded(mesh, seq_axis: str = "seq"):
     def run(x, dt, A, B, C, D=None, z=None, *, dt_bias=None, dt_softplus=True,
             initial_state=None, output_final_state=False, segment_ids=None, chunk_size=64,
             implementation=None):  # fmt: skip
-        _validate(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, chunk_size)
+        validate(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, chunk_size)
         Bt, T, Dc = x.shape
         if T % W:
             raise ValueError(f"T = {T} must be divisible by the size {W} of mesh axis {seq_axis!r}")

@@ -1,6 +1,6 @@
 """State-space-model ops.
 
-- `selective_scan` (Mamba-1 S6, class E: a per-channel, per-state-element decay), its forms
+- `selective_scan` (Mamba-1 S6: a per-channel, per-state-element decay), its forms
   (chunked, associative scan, per-token reference) in `api`, and one decode step
   `selective_scan_step`.
 - Convolution mode of a time-invariant diagonal SSM (S4D / LSSL family) in `conv`: the kernel

@@ -79,7 +79,7 @@ def selective_scan(
       (y, final_state): y [B, T, Dc] in x.dtype (all math in fp32); final_state [B, Dc, N] fp32,
       or None when output_final_state is False.
     """
-    _validate(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, chunk_size)
+    validate(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, chunk_size)
     request = contract.Request(
         dtypes=(contract.dtype_name(x),),
         gate="vector",
@@ -104,7 +104,7 @@ def selective_scan(
     return common.finish(y_BTD, x, D, z), (h_BDN if output_final_state else None)
 
 
-def _validate(
+def validate(
     x: jax.Array,
     dt: jax.Array,
     A: jax.Array,

@@ -1,6 +1,6 @@
 """Pieces of the selective scan shared by every form (reference, associative scan, chunked, step).
 
-For inner channel d and state element n (docs/mixers.md, class E):
+For inner channel d and state element n (docs/mixers.md, per-element decay):
 
     delta_t[d] = softplus(dt_t[d] + dt_bias[d])            (or dt + dt_bias without softplus)
     a_t[d, n]  = exp(delta_t[d] A[d, n])                    (ZOH decay, in (0, 1] for A < 0)

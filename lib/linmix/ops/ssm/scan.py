@@ -1,4 +1,4 @@
-"""Selective scan as one parallel prefix scan over the whole sequence (docs/forms.md, class E).
+"""Selective scan as one parallel prefix scan over the whole sequence (docs/forms.md).
 
 Each token is the elementwise pair (a_t, b_t) [B, T, D, N] of h_t = a_t * h_{t-1} + b_t, and pairs
 compose as (a1, b1) then (a2, b2) -> (a2 a1, a2 b1 + b2). The depth is O(log T), but the decays,
