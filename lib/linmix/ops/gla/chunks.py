@@ -9,7 +9,8 @@ Chunk n covers C consecutive positions. With b_r the within-chunk inclusive cumu
 
 `chunk_terms` computes everything that does not need S_[n]: the intra-chunk output, the decayed
 queries, the chunk decay a_n = exp(b_C) and the state increment. It is a pure function of the
-chunked inputs, so the backward pass can recompute it and differentiate it with `jax.vjp`.
+chunked inputs, differentiated with `jax.vjp` in the backward pass. A per-channel gate does not
+factor out of P; its parts come from `vector.vector_parts` (secondary chunking).
 
 Every exponent is <= 0 for g <= 0, so strong decays only underflow to 0 (where the true weight
 is below fp32 range anyway) and never overflow, in the forward or in the gradients; decays are
@@ -26,7 +27,6 @@ import jax.numpy as jnp
 from linmix.ops.common.chunks import (
     Chunked,
     Masks,
-    diagonal_blocks,
     masked_exp,
     pair_mask,
     spread,
@@ -34,11 +34,9 @@ from linmix.ops.common.chunks import (
     where_mask,
     within_chunk_sum,
 )
+from linmix.ops.gla import vector
 
 _F32 = jnp.float32
-# Sub-chunk length for per-channel (vector) gates: the explicit [c, c, K] decay tensor is only
-# built within sub-chunks; pairs across sub-chunks are plain matmuls (see `_intra_vector`).
-SUBCHUNK = 16
 
 
 class Terms(NamedTuple):
@@ -61,7 +59,10 @@ def chunk_terms(x: Chunked, masks: Masks | None) -> Terms:
     """The state-independent parts of every chunk (see the module docstring)."""
     p = chunk_parts(x, masks)
     o_intra_BHNCV = jnp.einsum("bhnrs,bhnsv->bhnrv", p.P_BHNRS, x.v_BHNCV)
-    dS_BHNKV = jnp.einsum("bhnck,bhncv->bhnkv", p.k_decay_BHNCK, x.v_BHNCV)
+    # k_decay^T as an explicit transpose: contracting its minor axis makes this the same kind of
+    # product as the others; contracting the time axis of [C, K] is several times slower on CPU.
+    kT_BHNKC = jnp.swapaxes(p.k_decay_BHNCK, 3, 4)
+    dS_BHNKV = jnp.einsum("bhnkc,bhncv->bhnkv", kT_BHNKC, x.v_BHNCV)
     return Terms(o_intra_BHNCV, p.q_decay_BHNCK, p.a_BHNX, dS_BHNKV)
 
 
@@ -71,12 +72,10 @@ def chunk_parts(x: Chunked, masks: Masks | None) -> Parts:
     same_BNRS = None if masks is None else masks.same_seg_BNRS
     if g_BHNCX is None:
         return _parts_without_gate(q_BHNCK, k_BHNCK, masks)
-    if g_BHNCX.shape[-1] == 1:
-        b_BHNCX = within_chunk_sum(g_BHNCX, "inclusive")
-        P_BHNRS = _intra_scalar(q_BHNCK, k_BHNCK, b_BHNCX[..., 0], same_BNRS)
-    else:
-        b_BHNCX = within_chunk_sum(g_BHNCX, "inclusive")
-        P_BHNRS = _intra_vector(q_BHNCK, k_BHNCK, g_BHNCX, b_BHNCX, same_BNRS)
+    if g_BHNCX.shape[-1] > 1:
+        return _parts_vector(q_BHNCK, k_BHNCK, g_BHNCX, masks)
+    b_BHNCX = within_chunk_sum(g_BHNCX, "inclusive")
+    P_BHNRS = _intra_scalar(q_BHNCK, k_BHNCK, b_BHNCX[..., 0], same_BNRS)
 
     # Keys weighted by their decay to the chunk end, only those of the segment open at the end.
     # The decay to the end, sum_{j > s} g_j, is summed directly rather than taken as b_C - b_s:
@@ -127,61 +126,15 @@ def _intra_scalar(
     return qk_BHNRS * decay_BHNRS
 
 
-def _intra_vector(
-    q_BHNCK: jax.Array,
-    k_BHNCK: jax.Array,
-    g_BHNCK: jax.Array,
-    b_BHNCK: jax.Array,
-    same_BNRS: jax.Array | None,
-) -> jax.Array:
-    """P[r, s] = sum_i q_ri k_si exp(b_ri - b_si) for s <= r in one segment, per-channel decay.
-
-    The decay does not factor out of the key sum, and Q exp(b) (K exp(-b))^T would overflow. The
-    chunk is cut into sub-chunks of c = SUBCHUNK positions (docs/forms.md, secondary chunking):
-    - a query in sub-chunk i and a key in an earlier sub-chunk meet at the reference point
-      rho_i = b at the end of sub-chunk i - 1: P = (q exp(b_r - rho_i)) . (k exp(rho_i - b_s)),
-      both exponents <= 0, one matmul per sub-chunk;
-    - pairs inside one sub-chunk use an explicit [c, c, K] decay tensor (diagonal exactly 1).
-    Memory per chunk and head is C * (C / c) * K + C * c * K instead of C * C * K.
-    """
-    B, H, N, C, K = q_BHNCK.shape
-    c = min(SUBCHUNK, C)
-    n_sub = C // c
-    sub = (B, H, N, n_sub, c, K)
-    # Within a sub-chunk: b_r - rho_i as a local cumulative sum (no large-number cancellation).
-    local_BHNIcK = within_chunk_sum(g_BHNCK.reshape(B, H, N * n_sub, c, K), "inclusive").reshape(
-        sub
-    )
-    q_BHNIcK = q_BHNCK.reshape(sub)
-    k_BHNIcK = k_BHNCK.reshape(sub)
-
-    # Pairs within a sub-chunk.
-    same_BNIrs = None if same_BNRS is None else diagonal_blocks(same_BNRS, n_sub)
-    mask_BHNIrs = pair_mask(strict_causal(c), same_BNIrs)
-    diff_BHNIrsK = local_BHNIcK[..., :, None, :] - local_BHNIcK[..., None, :, :]
-    eye_11111rs1 = jnp.eye(c, dtype=_F32)[None, None, None, None, :, :, None]
-    decay_BHNIrsK = masked_exp(diff_BHNIrsK, mask_BHNIrs[..., None]) + eye_11111rs1
-    # q_r * decay_rs, then contracted with k_s: a dot (the fused three-way product-and-sum
-    # runs several times slower on XLA:CPU).
-    qd_BHNIrsK = spread(q_BHNIcK, "...rk,s->...rsk", c) * decay_BHNIrsK
-    P_diag_BHNIrs = jnp.einsum("bhnirsk,bhnisk->bhnirs", qd_BHNIrsK, k_BHNIcK)
-    eye_IJ = jnp.eye(n_sub, dtype=_F32)
-    P_BHNRS = jnp.einsum("bhnirs,ij->bhnirjs", P_diag_BHNIrs, eye_IJ).reshape(B, H, N, C, C)
-    if n_sub == 1:
-        return P_BHNRS
-
-    # Pairs across sub-chunks: keys s < i * c, rescaled to the reference point of sub-chunk i.
-    b_end_BHNIK = b_BHNCK[:, :, :, c - 1 :: c]
-    rho_BHNIK = jnp.concatenate(
-        [jnp.zeros_like(b_end_BHNIK[..., :1, :]), b_end_BHNIK[..., :-1, :]], 3
-    )
-    earlier_IS = jnp.arange(C)[None, :] < (jnp.arange(n_sub) * c)[:, None]
-    key_exp_BHNISK = rho_BHNIK[..., :, None, :] - b_BHNCK[..., None, :, :]
-    earlier_111ISK = earlier_IS[None, None, None, :, :, None]
-    k_ref_BHNISK = k_BHNCK[..., None, :, :] * masked_exp(key_exp_BHNISK, earlier_111ISK)
-    q_ref_BHNIcK = q_BHNIcK * jnp.exp(local_BHNIcK)
-    P_off_BHNIrS = jnp.einsum("bhnirk,bhnisk->bhnirs", q_ref_BHNIcK, k_ref_BHNISK)
-    block_lower_RS = (jnp.arange(C)[None, :] // c) < (jnp.arange(C)[:, None] // c)
-    mask_BHNRS = jnp.broadcast_to(pair_mask(block_lower_RS, same_BNRS), (B, H, N, C, C))
-    P_off_BHNRS = jnp.where(mask_BHNRS, P_off_BHNIrS.reshape(B, H, N, C, C), 0.0)
-    return P_BHNRS + P_off_BHNRS
+def _parts_vector(
+    q_BHNCK: jax.Array, k_BHNCK: jax.Array, g_BHNCK: jax.Array, masks: Masks | None
+) -> Parts:
+    """`chunk_parts` for a per-channel gate (`vector.vector_parts`), with the segment masks."""
+    p = vector.vector_parts(q_BHNCK, k_BHNCK, g_BHNCK)
+    P_BHNRS = p.P_LRS
+    if masks is not None:
+        P_BHNRS = jnp.where(masks.same_seg_BNRS[:, None], P_BHNRS, 0.0)
+    q_decay_BHNCK = where_mask(masks and masks.reads_state_BNC, p.q_decay_LCK)
+    k_decay_BHNCK = where_mask(masks and masks.in_last_seg_BNC, p.k_decay_LCK)
+    a_BHNX = where_mask(masks and masks.keeps_state_BN, p.a_LK)
+    return Parts(P_BHNRS, q_decay_BHNCK, k_decay_BHNCK, a_BHNX)

@@ -4,13 +4,14 @@ The per-chunk pieces (`chunks.chunk_terms`) are computed for all chunks at once;
 recurrence S_[n+1] = a_n S_[n] + dS_n runs as a `lax.scan` over chunks, so just N = T / C states
 are ever materialised, never one per token.
 
-Backward (`jax.custom_vjp`): the forward saves only its inputs. The backward recomputes the chunk
-terms and the chunk states, runs the adjoint recurrence backwards over chunks,
+Backward (`jax.custom_vjp`): the forward saves the `jax.vjp` residuals of the per-chunk terms,
+O(T * C) per head, and the chunk decays and increments. The backward recomputes the chunk
+states, runs the adjoint recurrence backwards over chunks,
 
     lambda_N = dS_final,    lambda_n = (Q_n exp(b))^T dO_n + a_n lambda_{n+1},
 
-and differentiates the per-chunk terms with `jax.vjp`, all chunks at once. lambda_0 is the
-gradient of the initial state. Peak memory is that of one forward pass.
+and carries the per-chunk cotangents back through the saved `jax.vjp`, all chunks at once.
+lambda_0 is the gradient of the initial state. No per-token state is ever stored.
 
 All math is fp32 whatever the input dtype (bf16 inputs are upcast): mixed bf16 x bf16 -> fp32
 dots are rejected by some XLA backends (the CPU runtime among them), and the decayed operands
@@ -70,9 +71,9 @@ def _chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
 
 def _chunked_fwd(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
     """Residuals: the per-chunk decays and increments (the chunk states are recomputed from them
-    in the backward) and the intra-chunk residuals of `jax.vjp`, O(T * C) per head. A vector gate
-    would add its [c, c, K] decay tensors, so then only the chunked inputs are kept and the
-    intra-chunk terms are recomputed in the backward."""
+    in the backward) and the intra-chunk residuals of `jax.vjp`, O(T * C) per head for every
+    gate kind (a per-channel gate keeps its chunked inputs and recomputes its rescaling factors,
+    see `vector.vector_parts`)."""
     x = chunk_inputs(q_BTHK, k_BTHK, v_BTHV, g_BTHX, C)
     masks = segment_masks(seg_BT, C)
     terms, terms_vjp = jax.vjp(lambda x: chunks.chunk_terms(x, masks), x)
@@ -82,19 +83,13 @@ def _chunked_fwd(q_BTHK, k_BTHK, v_BTHV, g_BTHX, S0_BHKV, seg_BT, scale, C):
     out = from_chunks(o_BHNCV, q_BTHK.shape[1]), S_final_BHKV
     dtypes = tuple(jnp.zeros((), x.dtype) for x in (q_BTHK, k_BTHK, v_BTHV, S0_BHKV))
     gate_dtype = None if g_BTHX is None else jnp.zeros((), g_BTHX.dtype)
-    saved = (x, masks) if g_BTHX is not None and g_BTHX.shape[-1] > 1 else terms_vjp
-    residuals = (saved, terms.q_decay_BHNCK, terms.a_BHNX, terms.dS_BHNKV, S0_BHKV, dtypes)
+    residuals = (terms_vjp, terms.q_decay_BHNCK, terms.a_BHNX, terms.dS_BHNKV, S0_BHKV, dtypes)
     residuals = (*residuals, gate_dtype)
     return out, residuals
 
 
 def _chunked_bwd(scale, C, residuals, cotangents):
-    saved, q_decay_BHNCK, a_BHNX, dS_BHNKV, S0_BHKV, dtypes, gate_dtype = residuals
-    if isinstance(saved, tuple):
-        x, masks = saved
-        _, terms_vjp = jax.vjp(lambda x: chunks.chunk_terms(x, masks), x)
-    else:
-        terms_vjp = saved
+    terms_vjp, q_decay_BHNCK, a_BHNX, dS_BHNKV, S0_BHKV, dtypes, gate_dtype = residuals
     do_BTHV, dS_final_BHKV = cotangents
     S_BHNKV, _ = _chunk_states(a_BHNX, dS_BHNKV, S0_BHKV.astype(_F32))
 
