@@ -140,12 +140,15 @@ def _parts_fwd(q_RCK, k_RCK, g_RCK):
     return out, (q_RCK, k_RCK, g_RCK)
 
 
+@jax.jit
 def _band(q_RNcK: jax.Array, k_RNcK: jax.Array, g_RNcK: jax.Array) -> jax.Array:
     """The pairs inside each block of c tokens, [R, n, c, c]: exp(l_r - l_s) explicitly, with l
     the cumulative sum of g restarted in the block (a difference of at most c - 1 gates), 1 on
     the diagonal. The mask multiplies the argument as well as the result, so anti-causal
     (positive) differences become exp(0) * 0 and nothing overflows; XLA fuses the whole
-    product-and-sum, which a `where` would split in two."""
+    product-and-sum, which a `where` would split in two. Its own `jit` keeps that fusion, and so
+    the rounding of the sum, the same whether the caller runs jitted or op by op (a kernel's
+    inference forward must equal its differentiated forward bit for bit)."""
     c = q_RNcK.shape[2]
     running = [g_RNcK[:, :, 0]]
     for i in range(1, c):  # unrolled: XLA:CPU's cumsum here costs layout copies
