@@ -141,15 +141,6 @@ def pair_mask(causal_RS: jax.Array, same_BNRS: jax.Array | None) -> jax.Array:
     return causal_RS.reshape((1,) * (same_B1NRS.ndim - 2) + causal_RS.shape) & same_B1NRS
 
 
-def diagonal_blocks(x_BNRS: jax.Array, n_sub: int) -> jax.Array:
-    """The n_sub diagonal [c, c] blocks of a [.., C, C] matrix, as [.., n_sub, c, c]."""
-    B, N, C, _ = x_BNRS.shape
-    c = C // n_sub
-    blocks = x_BNRS.reshape(B, N, n_sub, c, n_sub, c)
-    idx = jnp.arange(n_sub)
-    return blocks[:, :, idx, :, idx, :].transpose(1, 2, 0, 3, 4)
-
-
 def masked_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
     """exp(x) where mask else 0 (mask broadcasts against x). The argument is masked too: exp of
     an anti-causal (positive) difference could overflow, and inf * 0 in the backward is NaN."""
