@@ -23,8 +23,9 @@ def test_gathered_loss_and_eval_equal_full_computation():
     (part, part_aux), g_part = jax.value_and_grad(token_loss, has_aux=True)(model, data, bound)
     np.testing.assert_allclose(part, full, rtol=1e-6)
     np.testing.assert_allclose(part_aux["accuracy"], full_aux["accuracy"])
+    # Same sums in another order: fp32 rounding is relative to each leaf's scale, not to each entry.
     for a, b in zip(jax.tree.leaves(g_part), jax.tree.leaves(g_full), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
 
     # A looser bound pads with masked rows; per-example eval counts are unchanged.
     want = eval_step(model, data)
