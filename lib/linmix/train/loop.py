@@ -8,12 +8,10 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from linmix.data import IGNORE_INDEX, eval_batches, make_mqar_sources, train_iterator
 from linmix.models import ModelConfig
 from linmix.parallel import mesh_from_sizes
 from linmix.train.checkpoint import Checkpointer
@@ -28,58 +26,11 @@ from linmix.train.sharding import (
 )
 from linmix.train.state import init_state, make_optimizer
 from linmix.train.step import eval_step, train_step
+from linmix.train.tasks import make_task
 from linmix.train.validate import validate
 
 log = logging.getLogger(__name__)
 UNLOGGED = ("finite", "grads_finite")  # step outputs the guards read, not metrics
-
-
-def build_data(config: ConfigDict):
-    d = config.data
-    train_src, test_src = make_mqar_sources(
-        d.vocab_size,
-        d.seq_len,
-        d.num_kv_pairs,
-        d.num_train,
-        d.num_test,
-        config.seed,
-        power_a=d.power_a,
-        num_passes=d.num_passes,
-        random_non_queries=d.random_non_queries,
-    )
-
-    def make_iter():  # a fresh iterator at the start of the data order
-        return train_iterator(
-            train_src,
-            batch_size=config.train.batch_size,
-            seed=config.seed,
-            worker_count=d.worker_count,
-        )
-
-    return make_iter, test_src
-
-
-def evaluate(eval_fn, model, test_src, config: ConfigDict, sharding) -> float:
-    """MQAR accuracy: mean over test examples of the accuracy over their supervised positions.
-
-    A short last batch is padded to the full batch with unsupervised rows, which are left out
-    (every MQAR example supervises its queries). Results are replicated to every process.
-    """
-    n = min(config.train.eval_examples, len(test_src))
-    full = config.train.batch_size // jax.process_count()
-    per_example = []
-    for batch in eval_batches(test_src, batch_size=config.train.batch_size, num_examples=n):
-        pad = full - len(batch["inputs"])
-        if pad:
-            fill = {"targets": IGNORE_INDEX}
-            batch = {
-                k: np.concatenate([v, np.full((pad, *v.shape[1:]), fill.get(k, 0), v.dtype)])
-                for k, v in batch.items()
-            }
-        out = jax.device_get(eval_fn(model, put_batch(batch, sharding)))
-        real = out["supervised_B"] > 0
-        per_example.append(out["correct_B"][real] / out["supervised_B"][real])
-    return float(np.concatenate(per_example).mean())
 
 
 def run(config: ConfigDict, workdir: str | Path) -> dict:
@@ -107,7 +58,10 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     mesh = mesh_from_sizes(config.mesh.to_dict(), explicit=False)
     abstract = jax.eval_shape(init_fn)
     state_sh, batch_sh = state_shardings(abstract, mesh), batch_sharding(mesh)
-    make_iter, test_src = build_data(config)
+    task = make_task(config)
+    if task.description and primary:
+        print(f"linmix: {task.description}", flush=True)
+    make_iter = task.make_iter
     ckpt = Checkpointer(
         workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints
     )
@@ -119,10 +73,9 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     else:
         log.warning("resumed from %s at step %d", ckpt.directory, start)
         print(f"linmix: resuming from checkpoint at step {start}", flush=True)
-    _log_model(model_cfg, state.model)
+    _log_model(model_cfg, state.model, primary)
 
-    # Every MQAR example supervises exactly num_kv_pairs positions: a static bound for the gather.
-    per_batch = tc.batch_size * config.data.num_kv_pairs
+    per_batch = task.max_targets  # static bound on supervised positions (None: dense loss)
     step_fn = jax.jit(
         in_mesh(mesh, functools.partial(train_step, tx=tx, max_targets=per_batch)),
         in_shardings=(state_sh, batch_sh),
@@ -135,7 +88,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
         out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
     )
     writer = MetricWriter(workdir, start_step=start, enabled=primary)
-    tokens_per_step = tc.batch_size * config.data.seq_len
+    tokens_per_step = task.tokens_per_step
     bar = tqdm(
         total=tc.steps,
         initial=start,
@@ -172,10 +125,10 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
                     check_finite(step, metrics, grad_names, workdir)  # never save a bad step
                     unchecked = None
                 if step % tc.eval_every == 0 or step == tc.steps:
-                    record["eval_accuracy"] = evaluate(
-                        eval_fn, state.model, test_src, config, batch_sh
-                    )
-                    bar.write(f"step {step}: eval_accuracy={record['eval_accuracy']:.4f}")
+                    scores = task.evaluate(eval_fn, state.model, batch_sh)
+                    record.update(scores)
+                    shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items())
+                    bar.write(f"step {step}: {shown}")
                     t_last = time.perf_counter()  # keep eval time out of the throughput
                 if record:
                     writer.write(step, record)
@@ -195,6 +148,8 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     return last
 
 
-def _log_model(model_cfg: ModelConfig, model) -> None:
+def _log_model(model_cfg: ModelConfig, model, primary: bool) -> None:
     n = sum(x.size for x in jax.tree.leaves(model))
     log.info("model %s: %s parameters", model_cfg.mixer, f"{n:,}")
+    if primary:
+        print(f"linmix: model {model_cfg.mixer}: {n:,} parameters", flush=True)

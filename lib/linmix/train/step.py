@@ -8,6 +8,8 @@ dominates the step, shrinks by T/N.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -60,10 +62,21 @@ def train_step(
 
 
 def eval_step(model, batch: dict, *, max_targets: int | None = None) -> dict:
-    """Per-example correct and supervised counts (summed by the caller across batches)."""
+    """Per-example correct and supervised counts, summed cross-entropy (nats) and, when the batch
+    has `target_bytes`, the raw bytes of the predicted tokens; summed by the caller."""
     logits_ME, targets_M, mask_M, example_M = supervised_logits(model, batch, max_targets)
     b = batch["inputs"].shape[0]
     correct_M = (logits_ME.argmax(-1) == targets_M) & mask_M
-    correct_B = jax.ops.segment_sum(correct_M.astype(jnp.int32), example_M, num_segments=b)
-    supervised_B = jax.ops.segment_sum(mask_M.astype(jnp.int32), example_M, num_segments=b)
-    return {"correct_B": correct_B, "supervised_B": supervised_B}
+    nll_M = optax.softmax_cross_entropy_with_integer_labels(
+        logits_ME, jnp.where(mask_M, targets_M, 0)
+    )
+    per_example = functools.partial(jax.ops.segment_sum, segment_ids=example_M, num_segments=b)
+    out = {
+        "correct_B": per_example(correct_M.astype(jnp.int32)),
+        "supervised_B": per_example(mask_M.astype(jnp.int32)),
+        "nll_B": per_example(jnp.where(mask_M, nll_M, 0.0)),
+    }
+    if "target_bytes" in batch:  # raw text bytes of the predicted tokens (bits per byte)
+        supervised_BT = batch["targets"] != IGNORE_INDEX
+        out["bytes_B"] = jnp.where(supervised_BT, batch["target_bytes"], 0).sum(-1)
+    return out

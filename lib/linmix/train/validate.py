@@ -6,10 +6,12 @@ import jax
 from ml_collections import ConfigDict
 
 from linmix.data import validate_mqar_args
+from linmix.data.lm import MODES
+from linmix.data.shards import read_meta
 from linmix.models import ModelConfig
 from linmix.parallel.mesh import resolve_sizes
 
-TASKS = ("mqar",)
+TASKS = ("mqar", "lm")
 
 
 class ConfigError(ValueError):
@@ -26,24 +28,18 @@ def validate(config: ConfigDict) -> ModelConfig:
     _need(config.task in TASKS, f"task {config.task!r} not in {TASKS}")
     d, tc = config.data, config.train
     try:
-        validate_mqar_args(
-            vocab_size=d.vocab_size,
-            seq_len=d.seq_len,
-            num_kv_pairs=d.num_kv_pairs,
-            num_passes=d.num_passes,
-            power_a=d.power_a,
-        )
-    except ValueError as e:
-        raise ConfigError(f"data: {e}") from None
-    try:
         model_cfg = ModelConfig(**config.model.to_dict())
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     _need(
-        model_cfg.vocab_size >= d.vocab_size,
-        f"model.vocab_size={model_cfg.vocab_size} < data.vocab_size={d.vocab_size}",
+        model_cfg.causal,
+        f"mixer {model_cfg.mixer!r} is bidirectional (model.causal=False): the {config.task} task "
+        "trains a causal LM; use a causal mixer",
     )
-    _need(d.num_train >= 1 and d.num_test >= 1, "data.num_train and data.num_test must be >= 1")
+    if config.task == "mqar":
+        _validate_mqar(d, model_cfg)
+    else:
+        _validate_lm(d, model_cfg)
     _need(tc.steps >= 1, f"train.steps must be >= 1, got {tc.steps}")
     _need(tc.lr > 0, f"train.lr must be > 0, got {tc.lr}")
     _need(tc.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {tc.warmup_steps}")
@@ -53,11 +49,14 @@ def validate(config: ConfigDict) -> ModelConfig:
     for name in (
         "log_every",
         "eval_every",
-        "eval_examples",
         "checkpoint_every",
         "keep_checkpoints",
     ):
         _need(tc[name] >= 1, f"train.{name} must be >= 1, got {tc[name]}")
+    _need(
+        tc.eval_examples >= (0 if config.task == "lm" else 1),
+        f"train.eval_examples must be >= 1 (lm: 0 = all held-out rows), got {tc.eval_examples}",
+    )
     _need(tc.batch_size >= 1, f"train.batch_size must be >= 1, got {tc.batch_size}")
     _need(
         tc.batch_size % jax.process_count() == 0,
@@ -66,6 +65,44 @@ def validate(config: ConfigDict) -> ModelConfig:
     _need(d.worker_count >= 0, f"data.worker_count must be >= 0, got {d.worker_count}")
     _validate_mesh(config, model_cfg)
     return model_cfg
+
+
+def _validate_mqar(d: ConfigDict, model_cfg: ModelConfig) -> None:
+    try:
+        validate_mqar_args(
+            vocab_size=d.vocab_size,
+            seq_len=d.seq_len,
+            num_kv_pairs=d.num_kv_pairs,
+            num_passes=d.num_passes,
+            power_a=d.power_a,
+        )
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
+    _need(
+        model_cfg.vocab_size >= d.vocab_size,
+        f"model.vocab_size={model_cfg.vocab_size} < data.vocab_size={d.vocab_size}",
+    )
+    _need(d.num_train >= 1 and d.num_test >= 1, "data.num_train and data.num_test must be >= 1")
+
+
+def _validate_lm(d: ConfigDict, model_cfg: ModelConfig) -> None:
+    try:
+        meta = read_meta(d.path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"data.path: {e}") from None
+    vocab = int(meta["tokenizer"]["vocab_size"])
+    _need(
+        model_cfg.vocab_size >= vocab,
+        f"model.vocab_size={model_cfg.vocab_size} is smaller than the corpus vocabulary ({vocab}) "
+        f"of {d.path}: set --config.model.vocab_size={vocab}",
+    )
+    _need(d.mode in MODES, f"data.mode must be one of {MODES}, got {d.mode!r}")
+    _need(d.seq_len >= 2, f"data.seq_len must be >= 2, got {d.seq_len}")
+    for split in ("train", "valid"):
+        _need(
+            meta["splits"][split]["tokens"] >= 2,
+            f"{d.path}: the {split} split has no document of two or more tokens",
+        )
 
 
 def _validate_mesh(config: ConfigDict, model_cfg: ModelConfig) -> None:
