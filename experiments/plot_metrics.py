@@ -1,4 +1,5 @@
-"""Plot training loss and eval accuracy of one or more runs from their metrics.jsonl.
+"""Plot training loss and the eval metric of one or more runs from their metrics.jsonl (held-out
+bits per byte for language-model runs, test accuracy otherwise).
 
     python experiments/plot_metrics.py runs/mqar runs/gla --out curves.png
 
@@ -29,11 +30,16 @@ def main() -> None:
         records = read_metrics(workdir)
         steps = [r["step"] for r in records]
         ax_loss.plot(steps, [r["loss"] for r in records], label=workdir.name)
-        evals = [(r["step"], r["eval_accuracy"]) for r in records if "eval_accuracy" in r]
+        lm = any("eval_bpb" in r for r in records)
+        key = "eval_bpb" if lm else "eval_accuracy"
+        evals = [(r["step"], r[key]) for r in records if key in r]
         if evals:
             ax_acc.plot(*zip(*evals, strict=True), marker="o", label=workdir.name)
     ax_loss.set(xlabel="step", ylabel="train loss", yscale="log", title="loss")
-    ax_acc.set(xlabel="step", ylabel="test accuracy", ylim=(0, 1.02), title="eval accuracy")
+    if lm:
+        ax_acc.set(xlabel="step", ylabel="held-out bits per byte", title="eval bits per byte")
+    else:
+        ax_acc.set(xlabel="step", ylabel="test accuracy", ylim=(0, 1.02), title="eval accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
