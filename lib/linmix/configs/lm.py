@@ -31,9 +31,22 @@ _PAPER = dict(seq_len=2048, batch_size=256, lr=3e-4, warmup_steps=1000, weight_d
 
 SIZES = {
     # CPU: ~0.7M parameters, 128-byte contexts, about 0.3 s per step on two cores.
-    "tiny": dict(d_model=128, num_layers=4, num_heads=2, seq_len=128, batch_size=16, steps=2000,
-                 lr=3e-3, warmup_steps=100, weight_decay=0.1, b2=0.99, min_lr_ratio=0.1,
-                 mlp_ratio=2.0, dtype="float32", remat="none"),  # fmt: skip
+    "tiny": dict(
+        d_model=128,
+        num_layers=4,
+        num_heads=2,
+        seq_len=128,
+        batch_size=16,
+        steps=2000,
+        lr=3e-3,
+        warmup_steps=100,
+        weight_decay=0.1,
+        b2=0.99,
+        min_lr_ratio=0.1,
+        mlp_ratio=2.0,
+        dtype="float32",
+        remat="none",
+    ),  # fmt: skip
     "125m": dict(_PAPER, d_model=768, num_layers=12, num_heads=12, steps=4_768),  # 2.5B tokens
     "340m": dict(_PAPER, d_model=1024, num_layers=24, num_heads=8, steps=28_610),  # 15B tokens
     "1.3b": dict(_PAPER, d_model=2048, num_layers=24, num_heads=16, steps=190_735),  # 100B tokens
