@@ -8,8 +8,8 @@ Every mixer trains `lm.py:mixer=NAME,size=tiny` with the same data order, steps,
 learning-rate schedule; its width is the multiple of 16 whose parameter count is closest to
 softmax attention's at the tiny size (0.7M). Runs go to runs/shakespeare/<mixer> and resume
 (a finished run is skipped). The report compares held-out bits per byte with general-purpose
-compressors on the same held-out text, and writes results/results.json, results/table.md and
-results/curves.png.
+compressors on the same held-out text, and writes results.json, a Markdown table and
+curves.png to results/.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def report(runs: Path, widths: dict, target: int, squeeze: dict, out: Path) -> N
                      f"{r['final_bpb']:.3f} | {r['tokens_per_s']:,.0f} |")  # fmt: skip
     for name, bpb in sorted(squeeze.items(), key=lambda kv: kv[1]):
         lines.append(f"| {name} (compressor) | | | | {bpb:.3f} | |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "table").with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(results, out / "curves.png")
 
