@@ -97,7 +97,7 @@ def test_chunked_backward_stores_no_per_token_state() -> None:
     """Compiled fwd + bwd scratch memory of the chunked form grows with T far slower than one
     Dc x N state per token would make it: per chunk of C = 64 tokens it keeps a few boundary
     states and per token only [Dc]-sized tensors (inputs, their gradients). One chunk's per-token
-    [C, Dc, N] temporaries are a constant that cancels in the difference."""
+    [C, Dc, M] temporaries are a constant that cancels in the difference."""
     Bt, Dc, N = 1, 32, 64
     growth = _grad_temp_bytes(Bt, 8192, Dc, N) - _grad_temp_bytes(Bt, 2048, Dc, N)
     per_token_state_growth = Bt * (8192 - 2048) * Dc * N * 4

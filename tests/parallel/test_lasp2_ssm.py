@@ -130,7 +130,7 @@ def test_defaults_match_unsharded():
 
 def test_traffic_independent_of_T():
     """Forward collective bytes per device at T = 64 and 256 are equal: W stacked (a, M) pairs
-    of [B, Dc, N] fp32 (and the segment ends), (W - 1) / W of them sent."""
+    of [B, Dc, M] fp32 (and the segment ends), (W - 1) / W of them sent."""
     mesh = _mesh("seq8")
     run = selective_scan_sharded(mesh)
     sharding = NamedSharding(mesh, P(None, "seq"))
@@ -150,6 +150,6 @@ def test_traffic_independent_of_T():
             return comm.compiled_collective_bytes(f, x)["total"]
 
     W = mesh.shape["seq"]
-    states = W * 2 * B * Dc * N * 4  # the gathered [W, 2, B, Dc, N] fp32
+    states = W * 2 * B * Dc * N * 4  # the gathered [W, 2, B, Dc, M] fp32
     assert traffic(64, False) == traffic(256, False) == pytest.approx(states * (W - 1) / W)
     assert traffic(64, True) == traffic(256, True) > traffic(64, False)

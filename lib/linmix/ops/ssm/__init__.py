@@ -6,8 +6,8 @@
 - Convolution mode of a time-invariant diagonal SSM (S4D / LSSL family) in `conv`: the kernel
   `s4d_kernel` and the FFT causal convolution `fft_conv`, with recurrent and direct oracles.
 
-Suffix letters in this package: B batch, T time, D inner channels (Dc), N state size, G groups of
-B and C, P channels per group, C chunk length, M number of chunks, H channels and L kernel length
+Suffix letters in this package: B batch, T time, D inner channels (Dc), M state size, G groups of
+B and C, P channels per group, C chunk length, N number of chunks, H channels and L kernel length
 (convolution mode).
 """
 

@@ -55,15 +55,15 @@ def selective_scan(
     Args:
       x: [B, T, Dc] input (Dc inner channels).
       dt: [B, T, Dc] raw step sizes.
-      A: [Dc, N] continuous-time state matrix (diagonal per channel; negative reals, e.g.
+      A: [Dc, M] continuous-time state matrix (diagonal per channel; negative reals, e.g.
         -exp(A_log)).
-      B, C: [B, T, N], or [B, T, G, N] grouped: channel d uses group d // (Dc / G).
+      B, C: [B, T, M], or [B, T, G, M] grouped: channel d uses group d // (Dc / G).
       D: [Dc] skip connection, or None.
       z: [B, T, Dc] output gate (multiplies by silu(z)), or None.
       dt_bias: [Dc] added to dt before the softplus, or None.
       dt_softplus: apply softplus to dt + dt_bias (the Mamba parameterisation).
-      initial_state: [B, Dc, N], any float dtype (used in fp32); feeds the first segment only.
-      output_final_state: return the fp32 [B, Dc, N] state after the last token (the state of
+      initial_state: [B, Dc, M], any float dtype (used in fp32); feeds the first segment only.
+      output_final_state: return the fp32 [B, Dc, M] state after the last token (the state of
         the last segment).
       segment_ids: [B, T] integers, non-decreasing along T (packed documents). The state is reset
         to zero wherever the id changes, so tokens only see their own document.
@@ -76,7 +76,7 @@ def selective_scan(
         recurrence); forward-mode AD (`jax.jvp`) needs 'reference'.
 
     Returns:
-      (y, final_state): y [B, T, Dc] in x.dtype (all math in fp32); final_state [B, Dc, N] fp32,
+      (y, final_state): y [B, T, Dc] in x.dtype (all math in fp32); final_state [B, Dc, M] fp32,
       or None when output_final_state is False.
     """
     validate(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, chunk_size)
@@ -91,17 +91,17 @@ def selective_scan(
     if initial_state is None:
         initial_state = jnp.zeros((Bt, Dc, A.shape[1]), common.F32)
     extra = {"chunk_size": chunk_size} if impl == "xla_chunked" else {}
-    y_BTD, h_BDN = _FORMS[impl](
+    y_BTD, h_BDM = _FORMS[impl](
         x,
         common.delta(dt, dt_bias, dt_softplus),
         A,
         common.grouped(B, x),
         common.grouped(C, x),
-        h0_BDN=initial_state,
+        h0_BDM=initial_state,
         starts_BT=common.segment_starts(segment_ids, Bt, T),
         **extra,
     )
-    return common.finish(y_BTD, x, D, z), (h_BDN if output_final_state else None)
+    return common.finish(y_BTD, x, D, z), (h_BDM if output_final_state else None)
 
 
 def validate(
@@ -125,13 +125,13 @@ def validate(
     if dt.shape != x.shape:
         raise ValueError(f"dt must have the shape of x {x.shape} ([B, T, Dc]), got {dt.shape}")
     if A.ndim != 2 or A.shape[0] != Dc:
-        raise ValueError(f"A must be [Dc, N] with Dc = {Dc}, got shape {A.shape}")
+        raise ValueError(f"A must be [Dc, M] with Dc = {Dc}, got shape {A.shape}")
     if not jnp.issubdtype(A.dtype, jnp.floating):
         raise ValueError(f"A must have a real float dtype (negative reals), got {A.dtype}")
-    N = A.shape[1]
-    if B.ndim not in (3, 4) or B.shape[:2] != (Bt, T) or B.shape[-1] != N:
+    M = A.shape[1]
+    if B.ndim not in (3, 4) or B.shape[:2] != (Bt, T) or B.shape[-1] != M:
         raise ValueError(
-            f"B must be [B, T, N] or [B, T, G, N] with B={Bt}, T={T}, N={N} (N from A), "
+            f"B must be [B, T, M] or [B, T, G, M] with B={Bt}, T={T}, M={M} (M from A), "
             f"got {B.shape}"
         )
     if C.shape != B.shape:
@@ -143,7 +143,7 @@ def validate(
             raise ValueError(f"{name} must be [Dc] = ({Dc},), got {p.shape}")
     if z is not None and z.shape != x.shape:
         raise ValueError(f"z must have the shape of x {x.shape} ([B, T, Dc]), got {z.shape}")
-    check_float_state(initial_state, (Bt, Dc, N), "[B, Dc, N]")
+    check_float_state(initial_state, (Bt, Dc, M), "[B, Dc, M]")
     check_segment_ids(segment_ids, Bt, T)
     check_nonpositive("A", A, "decay rates")
     check_segment_order(segment_ids)

@@ -2,14 +2,14 @@
 
 The class-E decay exp(delta_t[d] A[d, n]) differs per channel and per state element, so the
 matmul-based chunk form of engine L does not apply (docs/mixers.md). Instead the sequence is
-cut into M = T / C chunks and a `lax.scan` carries the state h [B, D, N] across them. Inside a
+cut into N = T / C chunks and a `lax.scan` carries the state h [B, D, M] across them. Inside a
 chunk the state entering it is folded into the first token (b_1 += a_1 h_in) and the chunk is an
 `associative_scan` over its C elementwise pairs (a_t, b_t) (`scan.linear_recurrence`, whose
 backward is the reverse scan of the adjoint recurrence).
 
-Memory: the decays, inputs and per-token states of a chunk, [B, C, D, N] each, exist only inside
+Memory: the decays, inputs and per-token states of a chunk, [B, C, D, M] each, exist only inside
 the chunk body, which is wrapped in `jax.checkpoint`. The backward therefore keeps only the raw
-inputs and the M chunk-boundary states [M, B, D, N], and rebuilds one chunk's per-token states at
+inputs and the N chunk-boundary states [N, B, D, M], and rebuilds one chunk's per-token states at
 a time; it never holds per-token states for the whole sequence.
 
 Padding: T is padded up to a multiple of C with delta = 0, i.e. a = exp(0) = 1 and b = 0, which
@@ -33,42 +33,42 @@ def chunk_length(T: int, chunk_size: int) -> int:
 def selective_scan_chunked(
     x_BTD: jax.Array,
     delta_BTD: jax.Array,
-    A_DN: jax.Array,
-    B_BTGN: jax.Array,
-    C_BTGN: jax.Array,
+    A_DM: jax.Array,
+    B_BTGM: jax.Array,
+    C_BTGM: jax.Array,
     *,
-    h0_BDN: jax.Array,
+    h0_BDM: jax.Array,
     starts_BT: jax.Array,
     chunk_size: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns (y [B, T, D] fp32 without the D skip or z gate, final state [B, D, N] fp32)."""
+    """Returns (y [B, T, D] fp32 without the D skip or z gate, final state [B, D, M] fp32)."""
     Bt, T, D = x_BTD.shape
     C = chunk_length(T, chunk_size)
-    A_DN = A_DN.astype(common.F32)
+    A_DM = A_DM.astype(common.F32)
 
     @jax.checkpoint
-    def chunk(h_BDN: jax.Array, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-        x_BCD, delta_BCD, B_BCGN, C_BCGN, start_BC = xs
-        a_BCDN = jnp.where(start_BC[:, :, None, None], 0.0, common.decay(delta_BCD, A_DN))
-        b_BCDN = common.write(delta_BCD, x_BCD, B_BCGN)
-        b_BCDN = b_BCDN.at[:, 0].add(a_BCDN[:, 0] * h_BDN)
-        h_BCDN = linear_recurrence(a_BCDN, b_BCDN)
-        return h_BCDN[:, -1], common.read(C_BCGN, h_BCDN)
+    def chunk(h_BDM: jax.Array, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        x_BCD, delta_BCD, B_BCGM, C_BCGM, start_BC = xs
+        a_BCDM = jnp.where(start_BC[:, :, None, None], 0.0, common.decay(delta_BCD, A_DM))
+        b_BCDM = common.write(delta_BCD, x_BCD, B_BCGM)
+        b_BCDM = b_BCDM.at[:, 0].add(a_BCDM[:, 0] * h_BDM)
+        h_BCDM = linear_recurrence(a_BCDM, b_BCDM)
+        return h_BCDM[:, -1], common.read(C_BCGM, h_BCDM)
 
     xs = (
         _to_chunks(x_BTD.astype(common.F32), C),
         _to_chunks(delta_BTD, C),
-        _to_chunks(B_BTGN.astype(common.F32), C),
-        _to_chunks(C_BTGN.astype(common.F32), C),
+        _to_chunks(B_BTGM.astype(common.F32), C),
+        _to_chunks(C_BTGM.astype(common.F32), C),
         _to_chunks(starts_BT, C),
     )
-    h_BDN, y_MBCD = jax.lax.scan(chunk, h0_BDN.astype(common.F32), xs)
-    y_BTD = jnp.moveaxis(y_MBCD, 0, 1).reshape(Bt, -1, D)[:, :T]
-    return y_BTD, h_BDN
+    h_BDM, y_NBCD = jax.lax.scan(chunk, h0_BDM.astype(common.F32), xs)
+    y_BTD = jnp.moveaxis(y_NBCD, 0, 1).reshape(Bt, -1, D)[:, :T]
+    return y_BTD, h_BDM
 
 
 def _to_chunks(v_BT: jax.Array, C: int) -> jax.Array:
-    """[B, T, ...] -> [M, B, C, ...], zero- (False-) padding T up to M * C; chunks first, for the
+    """[B, T, ...] -> [N, B, C, ...], zero- (False-) padding T up to N * C; chunks first, for the
     scan. Zero delta in the padding makes it a no-op on the state (see the module docstring)."""
     Bt, T = v_BT.shape[:2]
     pad = -T % C
@@ -76,5 +76,5 @@ def _to_chunks(v_BT: jax.Array, C: int) -> jax.Array:
         widths = [(0, 0)] * v_BT.ndim
         widths[1] = (0, pad)
         v_BT = jnp.pad(v_BT, widths)
-    v_BMC = v_BT.reshape(Bt, -1, C, *v_BT.shape[2:])
-    return jnp.moveaxis(v_BMC, 1, 0)
+    v_BNC = v_BT.reshape(Bt, -1, C, *v_BT.shape[2:])
+    return jnp.moveaxis(v_BNC, 1, 0)

@@ -10,7 +10,7 @@ For inner channel d and state element n (docs/mixers.md, per-element decay):
 
 with g(d) = d // P the group of channel d (P = Dc / G channels per group; ungrouped B and C are
 one group). B and C are kept per group and only broadcast against the P channels of their group
-inside each form, so no [.., Dc, N] copy of them is ever made outside a chunk.
+inside each form, so no [.., Dc, M] copy of them is ever made outside a chunk.
 
 Everything here works on any leading dims (`...`), so the same functions serve whole sequences,
 chunks and single decode tokens. All arithmetic is fp32.
@@ -35,27 +35,27 @@ def delta(dt: jax.Array, dt_bias: jax.Array | None, dt_softplus: bool) -> jax.Ar
     return jax.nn.softplus(dt) if dt_softplus else dt
 
 
-def decay(delta_XD: jax.Array, A_DN: jax.Array) -> jax.Array:
-    """a = exp(delta * A) [..., D, N]. The exponent is <= 0 for A <= 0 and delta >= 0, so strong
+def decay(delta_XD: jax.Array, A_DM: jax.Array) -> jax.Array:
+    """a = exp(delta * A) [..., D, M]. The exponent is <= 0 for A <= 0 and delta >= 0, so strong
     decays underflow to 0 and never overflow."""
-    return jnp.exp(delta_XD[..., None] * _lead(A_DN.astype(F32), delta_XD.ndim + 1))
+    return jnp.exp(delta_XD[..., None] * _lead(A_DM.astype(F32), delta_XD.ndim + 1))
 
 
-def write(delta_XD: jax.Array, x_XD: jax.Array, B_XGN: jax.Array) -> jax.Array:
-    """b = (delta * x) B [..., D, N], each channel using the B of its group."""
+def write(delta_XD: jax.Array, x_XD: jax.Array, B_XGM: jax.Array) -> jax.Array:
+    """b = (delta * x) B [..., D, M], each channel using the B of its group."""
     *lead, D = x_XD.shape
-    G, N = B_XGN.shape[-2:]
+    G, M = B_XGM.shape[-2:]
     u_XGP1 = (delta_XD * x_XD.astype(F32)).reshape(*lead, G, D // G, 1)
-    b_XGPN = u_XGP1 * B_XGN.astype(F32)[..., None, :]
-    return b_XGPN.reshape(*lead, D, N)
+    b_XGPM = u_XGP1 * B_XGM.astype(F32)[..., None, :]
+    return b_XGPM.reshape(*lead, D, M)
 
 
-def read(C_XGN: jax.Array, h_XDN: jax.Array) -> jax.Array:
+def read(C_XGM: jax.Array, h_XDM: jax.Array) -> jax.Array:
     """y[d] = sum_n C[g(d), n] h[d, n]: [..., D]."""
-    *lead, D, N = h_XDN.shape
-    G = C_XGN.shape[-2]
-    h_XGPN = h_XDN.reshape(*lead, G, D // G, N)
-    y_XGP = jnp.einsum("...gn,...gpn->...gp", C_XGN.astype(F32), h_XGPN, precision=HIGHEST)
+    *lead, D, M = h_XDM.shape
+    G = C_XGM.shape[-2]
+    h_XGPM = h_XDM.reshape(*lead, G, D // G, M)
+    y_XGP = jnp.einsum("...gn,...gpn->...gp", C_XGM.astype(F32), h_XGPM, precision=HIGHEST)
     return y_XGP.reshape(*lead, D)
 
 
@@ -71,7 +71,7 @@ def finish(
 
 
 def grouped(B: jax.Array, x: jax.Array) -> jax.Array:
-    """B or C as [..., G, N]: ungrouped [..., N] (the rank of x) becomes one group [..., 1, N]."""
+    """B or C as [..., G, M]: ungrouped [..., M] (the rank of x) becomes one group [..., 1, M]."""
     return B[..., None, :] if B.ndim == x.ndim else B
 
 

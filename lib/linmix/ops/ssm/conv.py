@@ -1,6 +1,6 @@
 """Convolution mode of a time-invariant diagonal SSM (S4D; LSSL-style layers, docs/mixers.md).
 
-Per channel h with a diagonal state of size N (complex or real A with negative real part):
+Per channel h with a diagonal state of size M (complex or real A with negative real part):
 
     x'(s) = A x(s) + B u(s)              (continuous time, step dt = exp(log_dt))
     x_t = Abar x_{t-1} + Bbar u_t,       y_t = Re(C . x_t) + D u_t
@@ -19,7 +19,7 @@ for ZOH log Abar = dt A exactly. Bbar uses expm1 so it stays accurate when dt A 
 `ssm_conv_reference` (the recurrence, one `lax.scan` step per token) and `causal_conv_reference`
 (the O(T^2) sum) are the oracles. All math is fp32 / complex64.
 
-Suffix letters: B batch, T time, H channels, N state size, L kernel length.
+Suffix letters: B batch, T time, H channels, M state size, L kernel length.
 """
 
 from __future__ import annotations
@@ -40,20 +40,20 @@ def s4d_discretize(
     B: jax.Array,
     discretization: str = "zoh",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(Abar, log Abar, Bbar), each [H, N] complex64, from log_dt [H] and A, B [H, N]."""
+    """(Abar, log Abar, Bbar), each [H, M] complex64, from log_dt [H] and A, B [H, M]."""
     _check_params(log_dt, A, B, None, discretization)
     dt_H1 = jnp.exp(log_dt.astype(_F32))[:, None]
-    A_HN = A.astype(_C64)
-    dtA_HN = dt_H1 * A_HN
+    A_HM = A.astype(_C64)
+    dtA_HM = dt_H1 * A_HM
     if discretization == "zoh":
-        log_Abar_HN = dtA_HN
-        Bbar_HN = jnp.expm1(dtA_HN) / A_HN * B.astype(_C64)
+        log_Abar_HN = dtA_HM
+        Bbar_HM = jnp.expm1(dtA_HM) / A_HM * B.astype(_C64)
     else:
         # log((1 + z/2) / (1 - z/2)) as a difference of log1p's: accurate for small z, and the
         # principal complex log handles a negative real Abar (dt A < -2 with real A).
-        log_Abar_HN = jnp.log1p(dtA_HN / 2) - jnp.log1p(-dtA_HN / 2)
-        Bbar_HN = dt_H1 / (1 - dtA_HN / 2) * B.astype(_C64)
-    return jnp.exp(log_Abar_HN), log_Abar_HN, Bbar_HN
+        log_Abar_HN = jnp.log1p(dtA_HM / 2) - jnp.log1p(-dtA_HM / 2)
+        Bbar_HM = dt_H1 / (1 - dtA_HM / 2) * B.astype(_C64)
+    return jnp.exp(log_Abar_HN), log_Abar_HN, Bbar_HM
 
 
 def s4d_kernel(
@@ -68,21 +68,21 @@ def s4d_kernel(
 
     Args:
       log_dt: [H] log step sizes.
-      A: [H, N] complex or real, negative real part.
-      B, C: [H, N] complex or real.
+      A: [H, M] complex or real, negative real part.
+      B, C: [H, M] complex or real.
       length: kernel length L (usually the sequence length).
       discretization: 'zoh' or 'bilinear'.
 
-    Materialises the [H, N, L] complex Vandermonde matrix: mind H * N * L at long lengths.
+    Materialises the [H, M, L] complex Vandermonde matrix: mind H * M * L at long lengths.
     """
     _check_params(log_dt, A, B, C, discretization)
     if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
         raise ValueError(f"length must be a positive integer, got {length!r}")
-    _, log_Abar_HN, Bbar_HN = s4d_discretize(log_dt, A, B, discretization)
+    _, log_Abar_HN, Bbar_HM = s4d_discretize(log_dt, A, B, discretization)
     l_11L = jnp.arange(length, dtype=_F32)[None, None, :]
-    vandermonde_HNL = jnp.exp(log_Abar_HN[:, :, None] * l_11L)
-    CB_HN = C.astype(_C64) * Bbar_HN
-    K_HL = jnp.einsum("hn,hnl->hl", CB_HN, vandermonde_HNL, precision=_HIGHEST)
+    vandermonde_HML = jnp.exp(log_Abar_HN[:, :, None] * l_11L)
+    CB_HM = C.astype(_C64) * Bbar_HM
+    K_HL = jnp.einsum("hn,hnl->hl", CB_HM, vandermonde_HML, precision=_HIGHEST)
     return jnp.real(K_HL)
 
 
@@ -134,15 +134,15 @@ def ssm_conv_reference(
     step per token from x_0 = 0 (oracle for the convolution). u [B, T, H] -> y [B, T, H]."""
     _check_params(log_dt, A, B, C, discretization)
     _check_input(u, log_dt.shape[0], D)
-    Abar_HN, _, Bbar_HN = s4d_discretize(log_dt, A, B, discretization)
-    C_HN = C.astype(_C64)
+    Abar_HM, _, Bbar_HM = s4d_discretize(log_dt, A, B, discretization)
+    C_HM = C.astype(_C64)
 
-    def step(x_BHN: jax.Array, u_BH: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x_BHN = Abar_HN[None] * x_BHN + Bbar_HN[None] * u_BH[:, :, None]
-        return x_BHN, jnp.real(jnp.sum(C_HN[None] * x_BHN, axis=-1))
+    def step(x_BHM: jax.Array, u_BH: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x_BHM = Abar_HM[None] * x_BHM + Bbar_HM[None] * u_BH[:, :, None]
+        return x_BHM, jnp.real(jnp.sum(C_HM[None] * x_BHM, axis=-1))
 
-    x0_BHN = jnp.zeros((u.shape[0], *A.shape), _C64)
-    _, y_TBH = jax.lax.scan(step, x0_BHN, jnp.moveaxis(u.astype(_F32), 1, 0))
+    x0_BHM = jnp.zeros((u.shape[0], *A.shape), _C64)
+    _, y_TBH = jax.lax.scan(step, x0_BHM, jnp.moveaxis(u.astype(_F32), 1, 0))
     return _skip(jnp.moveaxis(y_TBH, 0, 1), u, D).astype(u.dtype)
 
 
@@ -162,10 +162,10 @@ def _check_params(
         raise ValueError(f"log_dt must have rank 1 [H], got shape {log_dt.shape}")
     H = log_dt.shape[0]
     if A.ndim != 2 or A.shape[0] != H:
-        raise ValueError(f"A must be [H, N] with H = {H}, got shape {A.shape}")
+        raise ValueError(f"A must be [H, M] with H = {H}, got shape {A.shape}")
     for name, p in (("B", B), ("C", C)):
         if p is not None and p.shape != A.shape:
-            raise ValueError(f"{name} must have the shape of A {A.shape} ([H, N]), got {p.shape}")
+            raise ValueError(f"{name} must have the shape of A {A.shape} ([H, M]), got {p.shape}")
 
 
 def _check_conv(u: jax.Array, kernel: jax.Array, D: jax.Array | None) -> None:

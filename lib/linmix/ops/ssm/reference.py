@@ -18,22 +18,22 @@ from linmix.ops.ssm import common
 def selective_scan_reference(
     x_BTD: jax.Array,
     delta_BTD: jax.Array,
-    A_DN: jax.Array,
-    B_BTGN: jax.Array,
-    C_BTGN: jax.Array,
+    A_DM: jax.Array,
+    B_BTGM: jax.Array,
+    C_BTGM: jax.Array,
     *,
-    h0_BDN: jax.Array,
+    h0_BDM: jax.Array,
     starts_BT: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns (y [B, T, D] fp32 without the D skip or z gate, final state [B, D, N] fp32)."""
+    """Returns (y [B, T, D] fp32 without the D skip or z gate, final state [B, D, M] fp32)."""
 
-    def step(h_BDN: jax.Array, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-        x_BD, delta_BD, B_BGN, C_BGN, start_B = xs
-        h_BDN = jnp.where(start_B[:, None, None], 0.0, h_BDN)
-        h_BDN = common.decay(delta_BD, A_DN) * h_BDN + common.write(delta_BD, x_BD, B_BGN)
-        return h_BDN, common.read(C_BGN, h_BDN)
+    def step(h_BDM: jax.Array, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        x_BD, delta_BD, B_BGM, C_BGM, start_B = xs
+        h_BDM = jnp.where(start_B[:, None, None], 0.0, h_BDM)
+        h_BDM = common.decay(delta_BD, A_DM) * h_BDM + common.write(delta_BD, x_BD, B_BGM)
+        return h_BDM, common.read(C_BGM, h_BDM)
 
     # Scan over time: put T first.
-    xs = tuple(jnp.moveaxis(v, 1, 0) for v in (x_BTD, delta_BTD, B_BTGN, C_BTGN, starts_BT))
-    h_BDN, y_TBD = jax.lax.scan(step, h0_BDN.astype(common.F32), xs)
-    return jnp.moveaxis(y_TBD, 0, 1), h_BDN
+    xs = tuple(jnp.moveaxis(v, 1, 0) for v in (x_BTD, delta_BTD, B_BTGM, C_BTGM, starts_BT))
+    h_BDM, y_TBD = jax.lax.scan(step, h0_BDM.astype(common.F32), xs)
+    return jnp.moveaxis(y_TBD, 0, 1), h_BDM

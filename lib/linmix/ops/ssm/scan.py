@@ -1,8 +1,8 @@
 """Selective scan as one parallel prefix scan over the whole sequence (docs/forms.md).
 
-Each token is the elementwise pair (a_t, b_t) [B, T, D, N] of h_t = a_t * h_{t-1} + b_t, and pairs
+Each token is the elementwise pair (a_t, b_t) [B, T, D, M] of h_t = a_t * h_{t-1} + b_t, and pairs
 compose as (a1, b1) then (a2, b2) -> (a2 a1, a2 b1 + b2). The depth is O(log T), but the decays,
-the inputs and every per-token state are materialised: B*T*D*N floats several times over, and as
+the inputs and every per-token state are materialised: B*T*D*M floats several times over, and as
 much again for gradients. Fine for small problems and as a second oracle; calls whose per-token
 states would exceed MAX_STATE_BYTES are refused with an error naming the size (the chunked form
 keeps one state per chunk instead).
@@ -29,14 +29,14 @@ from linmix.ops.ssm import common
 MAX_STATE_BYTES = 1 << 30
 
 
-def check_fits(x_shape: tuple[int, ...], N: int) -> None:
-    """Refuse a scan whose per-token [B, T, D, N] fp32 states alone exceed MAX_STATE_BYTES."""
+def check_fits(x_shape: tuple[int, ...], M: int) -> None:
+    """Refuse a scan whose per-token [B, T, D, M] fp32 states alone exceed MAX_STATE_BYTES."""
     B, T, D = x_shape
-    need = B * T * D * N * 4
+    need = B * T * D * M * 4
     if need > MAX_STATE_BYTES:
         raise ValueError(
-            f"implementation='associative_scan' stores one D x N state per token: B*T*D*N*4 = "
-            f"{need / 2**30:.2f} GiB for x {tuple(x_shape)} and N={N}, over the "
+            f"implementation='associative_scan' stores one D x M state per token: B*T*D*M*4 = "
+            f"{need / 2**30:.2f} GiB for x {tuple(x_shape)} and M={M}, over the "
             f"{MAX_STATE_BYTES / 2**30:.0f} GiB limit (linmix.ops.ssm.scan.MAX_STATE_BYTES); "
             f"use implementation='xla_chunked', which stores one state per chunk"
         )
@@ -76,17 +76,17 @@ linear_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 def selective_scan_associative(
     x_BTD: jax.Array,
     delta_BTD: jax.Array,
-    A_DN: jax.Array,
-    B_BTGN: jax.Array,
-    C_BTGN: jax.Array,
+    A_DM: jax.Array,
+    B_BTGM: jax.Array,
+    C_BTGM: jax.Array,
     *,
-    h0_BDN: jax.Array,
+    h0_BDM: jax.Array,
     starts_BT: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns (y [B, T, D] fp32 without the D skip or z gate, final state [B, D, N] fp32)."""
-    check_fits(x_BTD.shape, A_DN.shape[-1])
-    a_BTDN = jnp.where(starts_BT[:, :, None, None], 0.0, common.decay(delta_BTD, A_DN))
-    b_BTDN = common.write(delta_BTD, x_BTD, B_BTGN)
-    b_BTDN = b_BTDN.at[:, 0].add(a_BTDN[:, 0] * h0_BDN.astype(common.F32))
-    h_BTDN = linear_recurrence(a_BTDN, b_BTDN)
-    return common.read(C_BTGN, h_BTDN), h_BTDN[:, -1]
+    """Returns (y [B, T, D] fp32 without the D skip or z gate, final state [B, D, M] fp32)."""
+    check_fits(x_BTD.shape, A_DM.shape[-1])
+    a_BTDM = jnp.where(starts_BT[:, :, None, None], 0.0, common.decay(delta_BTD, A_DM))
+    b_BTDM = common.write(delta_BTD, x_BTD, B_BTGM)
+    b_BTDM = b_BTDM.at[:, 0].add(a_BTDM[:, 0] * h0_BDM.astype(common.F32))
+    h_BTDM = linear_recurrence(a_BTDM, b_BTDM)
+    return common.read(C_BTGM, h_BTDM), h_BTDM[:, -1]

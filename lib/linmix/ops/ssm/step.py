@@ -2,7 +2,7 @@
 
     h <- exp(delta_t A) * h + (delta_t x_t) B_t,    y_t = (C_t . h + D x_t) * silu(z_t)
 
-per inner channel d, O(D N) per token. Looping `selective_scan_step` over the tokens of a sequence
+per inner channel d, O(D M) per token. Looping `selective_scan_step` over the tokens of a sequence
 gives the outputs and final state of `selective_scan(..., output_final_state=True)` (without
 segment_ids: reset the state yourself at a document boundary).
 """
@@ -33,24 +33,24 @@ def selective_scan_step(
 
     Args:
       x_t, dt_t: [B, Dc]; dt_t is raw, as in `selective_scan`.
-      A: [Dc, N] (negative reals).
-      B_t, C_t: [B, N], or [B, G, N] grouped (channel d uses group d // (Dc / G)).
+      A: [Dc, M] (negative reals).
+      B_t, C_t: [B, M], or [B, G, M] grouped (channel d uses group d // (Dc / G)).
       D: [Dc] skip or None. z_t: [B, Dc] gate or None.
-      state: [B, Dc, N], any float dtype (used in fp32); None is the zero state.
+      state: [B, Dc, M], any float dtype (used in fp32); None is the zero state.
       dt_bias, dt_softplus: as in `selective_scan`.
 
     Returns:
-      (y_t [B, Dc] in x_t.dtype, new state [B, Dc, N] fp32).
+      (y_t [B, Dc] in x_t.dtype, new state [B, Dc, M] fp32).
     """
     _validate(x_t, dt_t, A, B_t, C_t, D, z_t, state, dt_bias)
     if state is None:
         state = jnp.zeros((*x_t.shape, A.shape[1]), common.F32)
-    B_BGN, C_BGN = common.grouped(B_t, x_t), common.grouped(C_t, x_t)
+    B_BGM, C_BGM = common.grouped(B_t, x_t), common.grouped(C_t, x_t)
     delta_BD = common.delta(dt_t, dt_bias, dt_softplus)
-    h_BDN = common.decay(delta_BD, A) * state.astype(common.F32)
-    h_BDN = h_BDN + common.write(delta_BD, x_t, B_BGN)
-    y_BD = common.finish(common.read(C_BGN, h_BDN), x_t, D, z_t)
-    return y_BD, h_BDN
+    h_BDM = common.decay(delta_BD, A) * state.astype(common.F32)
+    h_BDM = h_BDM + common.write(delta_BD, x_t, B_BGM)
+    y_BD = common.finish(common.read(C_BGM, h_BDM), x_t, D, z_t)
+    return y_BD, h_BDM
 
 
 def _validate(x, dt, A, B, C, D, z, state, dt_bias) -> None:
@@ -61,12 +61,12 @@ def _validate(x, dt, A, B, C, D, z, state, dt_bias) -> None:
     if dt.shape != x.shape:
         raise ValueError(f"dt_t must have the shape of x_t {x.shape} ([B, Dc]), got {dt.shape}")
     if A.ndim != 2 or A.shape[0] != Dc:
-        raise ValueError(f"A must be [Dc, N] with Dc = {Dc}, got shape {A.shape}")
+        raise ValueError(f"A must be [Dc, M] with Dc = {Dc}, got shape {A.shape}")
     if not jnp.issubdtype(A.dtype, jnp.floating):
         raise ValueError(f"A must have a real float dtype (negative reals), got {A.dtype}")
-    N = A.shape[1]
-    if B.ndim not in (2, 3) or B.shape[0] != Bt or B.shape[-1] != N:
-        raise ValueError(f"B_t must be [B, N] or [B, G, N] with B={Bt}, N={N}, got {B.shape}")
+    M = A.shape[1]
+    if B.ndim not in (2, 3) or B.shape[0] != Bt or B.shape[-1] != M:
+        raise ValueError(f"B_t must be [B, M] or [B, G, M] with B={Bt}, M={M}, got {B.shape}")
     if C.shape != B.shape:
         raise ValueError(f"C_t must have the shape of B_t {B.shape}, got {C.shape}")
     if B.ndim == 3 and Dc % B.shape[1]:
@@ -78,8 +78,8 @@ def _validate(x, dt, A, B, C, D, z, state, dt_bias) -> None:
     if z is not None and z.shape != x.shape:
         raise ValueError(f"z_t must have the shape of x_t {x.shape}, got {z.shape}")
     if state is not None:
-        if state.shape != (Bt, Dc, N):
-            raise ValueError(f"state must be [B, Dc, N] = {(Bt, Dc, N)}, got {state.shape}")
+        if state.shape != (Bt, Dc, M):
+            raise ValueError(f"state must be [B, Dc, M] = {(Bt, Dc, M)}, got {state.shape}")
         if not jnp.issubdtype(state.dtype, jnp.floating):
             raise ValueError(f"state must have a real float dtype, got {state.dtype}")
     check_nonpositive("A", A, "decay rates")
