@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from linmix.configs import mixer_table, parse_variant
+from linmix.configs.lm import get_config as lm_config
 from linmix.configs.mqar import PRESETS, TASK_OPTIONS, get_config
-from linmix.models import REGISTRY, ModelConfig
+from linmix.models import LM, REGISTRY, ModelConfig
 from linmix.models.mixers.linfusion import LIT
 from linmix.train.validate import validate
 
@@ -107,3 +111,23 @@ def test_configs_import_neither_train_nor_main():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize(
+    "size, low, high", [("tiny", 0.6e6, 0.9e6), ("125m", 110e6, 160e6), ("340m", 320e6, 400e6),
+                        ("1.3b", 1.2e9, 1.45e9)],
+)  # fmt: skip
+def test_lm_sizes_have_their_parameter_counts(size, low, high):
+    model = lm_config(f"mixer=gla,size={size}").model
+    model.vocab_size = 256 if size == "tiny" else 32000  # the papers' sizes use a 32k BPE
+    cfg = ModelConfig(**model.to_dict())
+    shapes = jax.eval_shape(lambda: nnx.state(LM(cfg, rngs=nnx.Rngs(0))))
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    assert low <= n <= high, f"{size}: {n:,} parameters"
+
+
+def test_lm_config_refuses_bidirectional_mixers_and_unknown_sizes():
+    with pytest.raises(ValueError, match="bidirectional"):
+        lm_config("mixer=slab")
+    with pytest.raises(ValueError, match="unknown size"):
+        lm_config("size=7b")
