@@ -1,5 +1,8 @@
-"""Synthetic tasks as deterministic grain sources, and the input pipelines over them."""
+"""Data as deterministic grain sources and the input pipelines over them: the synthetic MQAR
+task (`mqar`), and real text (`corpus` readers, `tokenizer`s, prepared token `shards`, and `lm`
+rows of packed documents)."""
 
+from linmix.data.lm import PackedSource
 from linmix.data.mqar import (
     IGNORE_INDEX,
     SPLIT_INDEX,
@@ -14,6 +17,7 @@ __all__ = [
     "IGNORE_INDEX",
     "SPLIT_INDEX",
     "MQARSource",
+    "PackedSource",
     "eval_batches",
     "make_mqar_sources",
     "mqar_example",
