@@ -25,7 +25,7 @@ def embed_fn(model: LM):
         h = x_BTD
         for i in range(model.units.blocks[0].norm1.scale.shape[0]):
             unit = jax.tree.map(lambda a, i=i: a[i], model.units)
-            h = unit(h, segment_ids)
+            h, _ = unit(h, segment_ids)
         return model.logits(model.norm(h))
 
     return f
@@ -130,3 +130,26 @@ def test_mixer_options_reach_the_module():
     model = LM(cfg, rngs=nnx.Rngs(0))
     assert model.units.blocks[0].mixer.qkv.convs is not None
     assert dataclasses.asdict(REGISTRY["gla"].options_from(cfg))["use_short_conv"] is True
+
+
+@pytest.mark.parametrize(
+    "mixer, pattern", [*((m, "L") for m in MIXERS), ("gated_deltanet", "LA"), ("mamba2", "LLA")]
+)
+def test_prefill_then_decode_equals_the_full_forward(mixer, pattern):
+    """The LM's cache over all layers: a prompt through the chunked form, then one token at a time
+    through the recurrent steps, gives the full forward's logits (hybrids: attention's KV cache
+    beside the linear mixers' states)."""
+    layers = 2 * len(pattern)
+    model = make(mixer, layer_pattern=pattern, num_layers=layers)
+    tokens = jax.random.randint(jax.random.key(2), (2, 21), 0, SMALL["vocab_size"])
+    full = model(tokens)
+    step = jax.jit(lambda m, x, c: m(x, cache=c))
+    cache = model.init_cache(2, 24)
+    logits, cache = step(model, tokens[:, :13], cache)  # prefill: not a multiple of the chunk
+    outs = [logits]
+    for t in range(13, 21):
+        logits, cache = step(model, tokens[:, t : t + 1], cache)
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-5, rtol=2e-5)
+    with pytest.raises(ValueError, match="segment_ids cannot be used with a cache"):
+        model(tokens, segment_ids=jnp.zeros_like(tokens), cache=model.init_cache(2, 24))

@@ -3,6 +3,11 @@
 A unit holds one block per letter of `layer_pattern` ("L" the configured mixer, "A" softmax
 attention); units are created with `jax.vmap` (parameters stacked on a leading axis) and run with
 `lax.scan`, so compile time does not grow with depth. Works in NNX tree mode: the model is a pytree.
+
+Decoding: `cache = lm.init_cache(batch, max_len)` holds every block's mixer cache (stacked over
+units like the parameters: fixed-size states for linear mixers, a key/value cache for softmax
+attention), and `lm(tokens_BT, cache=cache) -> (logits_BTE, cache)` consumes T more tokens: the
+chunked form for a prompt (prefill), the recurrent step for T = 1.
 """
 
 from __future__ import annotations
@@ -40,12 +45,13 @@ class Block(nnx.Module):
         else:
             self.norm2, self.mlp = None, None
 
-    def __call__(self, x_BTD: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-        y_BTD, _ = self.mixer(self.norm1(x_BTD), segment_ids=segment_ids)
+    def __call__(self, x_BTD: jax.Array, segment_ids: jax.Array | None, cache=None):
+        """(x, the mixer's advanced cache, None without one)."""
+        y_BTD, cache = self.mixer(self.norm1(x_BTD), segment_ids=segment_ids, cache=cache)
         x_BTD = x_BTD + y_BTD.astype(x_BTD.dtype)
         if self.mlp is not None:
             x_BTD = x_BTD + self.mlp(self.norm2(x_BTD)).astype(x_BTD.dtype)
-        return x_BTD
+        return x_BTD, cache
 
 
 class Unit(nnx.Module):
@@ -54,10 +60,16 @@ class Unit(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.blocks = nnx.List([Block(cfg, code, rngs=rngs) for code in cfg.layer_pattern])
 
-    def __call__(self, x_BTD: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-        for block in self.blocks:
-            x_BTD = block(x_BTD, segment_ids)
-        return x_BTD
+    def __call__(self, x_BTD: jax.Array, segment_ids: jax.Array | None, caches=None):
+        """(x, the blocks' advanced caches, or None without caches)."""
+        new = []
+        for i, block in enumerate(self.blocks):
+            x_BTD, cache = block(x_BTD, segment_ids, None if caches is None else caches[i])
+            new.append(cache)
+        return x_BTD, None if caches is None else new
+
+    def init_cache(self, batch: int, max_len: int) -> list:
+        return [block.mixer.init_cache(batch, max_len) for block in self.blocks]
 
 
 class LM(nnx.Module):
@@ -79,15 +91,33 @@ class LM(nnx.Module):
         self.remat = cfg.remat
         self.implementations = tuple(sorted(cfg.implementations.items()))  # static
 
-    def __call__(self, tokens_BT: jax.Array, *, segment_ids: jax.Array | None = None):
-        return self.logits(self.hidden(tokens_BT, segment_ids=segment_ids))
+    def __call__(self, tokens_BT: jax.Array, *, segment_ids: jax.Array | None = None, cache=None):
+        """fp32 logits [B, T, E]; with a `cache` (from `init_cache`), (logits, advanced cache)."""
+        if cache is None:
+            return self.logits(self.hidden(tokens_BT, segment_ids=segment_ids))
+        if segment_ids is not None:
+            raise ValueError("LM: segment_ids cannot be used with a cache (a cached row is one "
+                             "sequence)")  # fmt: skip
+        x_BTD = self.embed(tokens_BT)
+
+        def body(h_BTD, unit_and_caches):
+            unit, caches = unit_and_caches
+            return unit(h_BTD, None, caches)
+
+        with use_implementations(dict(self.implementations)):
+            x_BTD, cache = jax.lax.scan(body, x_BTD, (self.units, cache))
+        return self.logits(self.norm(x_BTD)), cache
+
+    def init_cache(self, batch: int, max_len: int):
+        """Every block's decode cache before the first token, stacked over units."""
+        return jax.vmap(lambda unit: unit.init_cache(batch, max_len))(self.units)
 
     def hidden(self, tokens_BT: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """Final-norm hidden states [B, T, D], before the vocabulary projection."""
         x_BTD = shard_tokens(self.embed(tokens_BT))
 
         def body(h_BTD, unit):
-            return shard_tokens(unit(h_BTD, segment_ids)), None
+            return shard_tokens(unit(h_BTD, segment_ids)[0]), None
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=REMAT[self.remat])
