@@ -24,13 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
-from flax import nnx
 
 from linmix.configs.lm import get_config
 from linmix.data.shards import open_split
-from linmix.models import LM, ModelConfig
+from linmix.models import ModelConfig, parameter_count
 from linmix.train.metrics import read_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -42,9 +40,7 @@ MIXERS = ["attention", "gla", "gated_deltanet", "deltanet", "mamba2", "retnet", 
 def parameters(mixer: str, d_model: int) -> int:
     model = get_config(f"mixer={mixer},size=tiny").model
     model.d_model = d_model
-    cfg = ModelConfig(**model.to_dict())
-    shapes = jax.eval_shape(lambda: nnx.state(LM(cfg, rngs=nnx.Rngs(0))))
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    return parameter_count(ModelConfig(**model.to_dict()))
 
 
 def matched_width(mixer: str, target: int) -> tuple[int, int]:

@@ -32,6 +32,14 @@ def mixer_options(name: str) -> ConfigDict:
     return ConfigDict({f.name: f.default for f in fields if f.default is not None})
 
 
+def short_conv_options(name: str) -> ConfigDict:
+    """The mixer's paper defaults with its short causal conv on (where it has one)."""
+    options = mixer_options(name)
+    if "use_short_conv" in options:
+        options.use_short_conv = True
+    return options
+
+
 def train_config() -> ConfigDict:
     return ConfigDict(
         dict(

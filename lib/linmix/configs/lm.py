@@ -16,8 +16,8 @@ from linmix.configs.common import (
     distributed_config,
     implementations_config,
     mesh_config,
-    mixer_options,
     parse_variant,
+    short_conv_options,
     train_config,
 )
 from linmix.models import REGISTRY
@@ -61,9 +61,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     if mixer in REGISTRY and not REGISTRY[mixer].causal:
         raise ValueError(f"mixer {mixer!r} is bidirectional; a language model needs a causal one")
     s = SIZES[size]
-    options = mixer_options(mixer)
-    if "use_short_conv" in options:
-        options.use_short_conv = True
+    options = short_conv_options(mixer)
     config = ConfigDict()
     config.seed = 0
     config.task = "lm"

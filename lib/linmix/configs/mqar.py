@@ -14,8 +14,8 @@ from linmix.configs.common import (
     distributed_config,
     implementations_config,
     mesh_config,
-    mixer_options,
     parse_variant,
+    short_conv_options,
     train_config,
 )
 from linmix.models import REGISTRY
@@ -85,9 +85,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
 def mqar_mixer_options(name: str, preset: str = "") -> ConfigDict:
     """Paper defaults with the short conv on (where the mixer has one), then the named preset."""
-    options = mixer_options(name)
-    if "use_short_conv" in options:
-        options.use_short_conv = True
+    options = short_conv_options(name)
     if preset:
         known = PRESETS.get(name, {})
         if preset not in known:

@@ -137,6 +137,11 @@ class SplitWriter:
         self.names.append(name)
         self.num_bytes += int(np.sum(token_bytes))
 
+    def abort(self) -> None:
+        """Close the files without finishing the split (the caller removes them)."""
+        self._tokens.close()
+        self._bytes.close()
+
     def close(self) -> dict:
         self._tokens.close()
         self._bytes.close()
@@ -174,8 +179,7 @@ class CorpusWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             for w in self.splits.values():
-                w._tokens.close()
-                w._bytes.close()
+                w.abort()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def commit(self, meta: dict) -> dict:

@@ -72,6 +72,12 @@ class Unit(nnx.Module):
         return [block.mixer.init_cache(batch, max_len) for block in self.blocks]
 
 
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters of the LM that `cfg` describes, from shapes only (nothing is allocated)."""
+    shapes = jax.eval_shape(lambda: nnx.state(LM(cfg, rngs=nnx.Rngs(0))))
+    return sum(x.size for x in jax.tree.leaves(shapes))
+
+
 class LM(nnx.Module):
     """`LM(cfg, rngs=...)(tokens_BT, segment_ids=None) -> logits_BTE` (fp32 logits)."""
 
