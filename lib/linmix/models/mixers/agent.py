@@ -78,6 +78,23 @@ def _bias_init(key: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]
 
 
 class Agent(Mixer, nnx.Module):
+    """Agent attention (Han, Ye, Han, Xia, Pan, Wan, Song & Huang, ECCV 2024, arXiv:2312.08874).
+
+    No engine and no recurrent state: two small softmax attentions through n agent tokens, the
+    queries average-pooled on the patch grid. The agents aggregate the values (softmax over the
+    keys) and broadcast them back (softmax over the agents), both with learned position biases;
+    a depthwise conv of v is added, then the output projection. Cost O(T n) per head.
+    Bidirectional: no cache; tokens are a row-major patch grid; pooling, biases and the conv make
+    it position-dependent; packed segments are not supported.
+
+    Options (defaults of the released DeiT configuration; num_heads: `Mixer`):
+        agent_num (49): n agents, a perfect square p * p (q pooled to p x p).
+        window (14): length of the learned row and column bias tables (the DeiT grid side),
+            resized linearly to the grid.
+        dwc_size (3): odd kernel side of the depthwise conv on v; 0 disables it.
+        grid_height (0): rows of the patch grid; 0: square (T must be a perfect square).
+    """
+
     name = "agent"
     Options = AgentOptions
     causal = False

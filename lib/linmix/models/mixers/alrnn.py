@@ -89,6 +89,21 @@ def alrnn_scan(
 
 
 class ALRNN(Mixer, nnx.Module):
+    """Almost-linear RNN, AL-RNN (Brenner, Hemmer, Monfared & Durstewitz, NeurIPS 2024,
+    arXiv:2410.14240).
+
+    No engine: a piecewise-linear recurrence run as a sequential per-token `lax.scan` in fp32.
+    Each head is one AL-RNN with M latents, z_t = A * z_{t-1} + W Phi(z_{t-1}) + h + u_t, where
+    Phi rectifies only the last P latents and u_t = x_t W_in drives the published autonomous
+    model from the tokens; the latents of all heads are read out by one linear map. Causal:
+    decodes from a fixed-size cache (the latents z).
+
+    Options (defaults of the official Lorenz-63 setting):
+        latent_dim (20): M, latents per head.
+        pwl_units (2): P, how many of them are rectified (the piecewise-linear units).
+        num_heads: number of AL-RNNs; see `Mixer`.
+    """
+
     name = "alrnn"
     Options = ALRNNOptions
 

@@ -30,6 +30,24 @@ class DeltaNetOptions(LinearOptions):
 
 
 class DeltaNet(LinearMixer, nnx.Module):
+    """DeltaNet, linear attention with the delta rule (Yang, Wang, Zhang, Shen & Kim, NeurIPS 2024,
+    arXiv:2406.06484).
+
+    Engine Δ (`linmix.ops.delta`), no decay, chunked (WY/UT) form: S_t = (I - beta_t k_t^T k_t)
+    S_{t-1} + beta_t k_t^T v_t, so a write replaces the value stored under its key. q, k, v pass
+    a short conv and SiLU; q and k are L2-normalised per head; beta_t = sigmoid(x W_beta) per
+    head; scale K^-1/2; output is a per-head RMSNorm, then W_o. Causal: decodes from a
+    fixed-size cache (the state [B, H, K, V] and the short-conv tails).
+
+    Options (defaults of the paper and fla's `layers/delta_net.py`; num_heads: `Mixer`):
+        expand_k (1.0), expand_v (1.0): total key / value width over all heads, times d_model.
+        use_short_conv (True), conv_size (4): causal depthwise conv of conv_size taps on q, k
+            and v (SiLU follows either way).
+        use_output_gate (False): multiply the normed output by SiLU(x W_g) before W_o.
+        allow_neg_eigval (False): beta in (0, 2) instead of (0, 1), so the transition may have
+            negative eigenvalues.
+    """
+
     name = "deltanet"
     Options = DeltaNetOptions
 

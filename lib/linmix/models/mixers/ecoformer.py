@@ -137,6 +137,25 @@ class KernelHash(nnx.Module):
 
 
 class EcoFormer(Mixer, nnx.Module):
+    """Binary hashing attention of EcoFormer (Liu, Pan, He, Cai & Zhuang, NeurIPS 2022,
+    arXiv:2209.09004).
+
+    No engine: a normalised global reduction over b-bit hash codes (one einsum per head). A
+    shared query/key per head, scaled to unit length, is hashed by h(x) = sign(A (kappa(x) -
+    mu)) with RBF features kappa to m anchors (straight-through sign); the codes are the feature
+    map, and a (b + 1) value term is added. The hash functions are not trained by gradients:
+    `refit_hash` fits them by kernelised supervised hashing. Bidirectional: no cache;
+    permutation-equivariant; packed segments are not supported.
+
+    Options (defaults of the released PVTv2 configs; num_heads: `Mixer`):
+        nbits (16): b, bits per hash code.
+        num_anchors (25): m, RBF anchors of the hash features.
+        topk (10): similar and dissimilar targets per token when `refit_hash` fits the hash.
+        value_bias ("own"): "own" adds (b + 1) v_i, as coded; "sum" adds (b + 1) sum_j v_j, the
+            kernel-consistent variant.
+        qkv_bias (True): biases on the shared q/k and the v projections.
+    """
+
     name = "ecoformer"
     Options = EcoFormerOptions
     causal = False

@@ -31,6 +31,25 @@ class GatedDeltaNetOptions(DeltaNetOptions):
 
 
 class GatedDeltaNet(DeltaNet):
+    """Gated DeltaNet (Yang, Kautz & Hatamizadeh, ICLR 2025, arXiv:2412.06464).
+
+    Engine Δ (`linmix.ops.delta`) with a data-dependent scalar decay per head, chunked (WY/UT)
+    form: S_t = a_t (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t with Mamba2's gate
+    log a_t = -exp(A_log_h) softplus(x W_a + dt_bias_h). Otherwise DeltaNet's layer; output is a
+    per-head RMSNorm times SiLU(x W_g), then W_o. Causal: decodes from a fixed-size cache (the
+    state [B, H, K, V] and the short-conv tails).
+
+    Options (defaults of the paper and fla's `layers/gated_deltanet.py`; num_heads: `Mixer`):
+        expand_k (0.75), expand_v (1.5): total key / value width, times d_model (value heads
+            twice as wide as key heads).
+        use_short_conv (True), conv_size (4), allow_neg_eigval (False): as in `DeltaNet`.
+        use_output_gate (True): the SiLU(x W_g) output gate; False leaves the RMSNorm alone.
+        a_init_range ((0.0, 16.0)): A_h = exp(A_log_h) starts uniform in this range (the low
+            end is raised to 1e-4 so that every head decays).
+        dt_min (1e-3), dt_max (0.1), dt_init_floor (1e-4): softplus(dt_bias) starts log-uniform
+            in [dt_min, dt_max], clipped below at dt_init_floor.
+    """
+
     name = "gated_deltanet"
     Options = GatedDeltaNetOptions
 

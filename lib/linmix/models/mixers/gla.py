@@ -26,6 +26,22 @@ class GLAOptions(LinearOptions):
 
 
 class GLA(LinearMixer, nnx.Module):
+    """Gated linear attention, GLA (Yang, Wang, Shen, Panda & Kim, ICML 2024, arXiv:2312.06635).
+
+    Engine L (`linmix.ops.gla`) with a data-dependent decay per key channel, chunked form (with
+    secondary chunking): log a_t = logsigmoid(x W_1 W_2 + b) / tau with a low-rank W_1 W_2;
+    scale K^-1/2; output is a per-head RMSNorm times swish(x W_g), then W_o. Causal: decodes
+    from a fixed-size cache (the state [B, H, K, V] and the short-conv tails).
+
+    Options (defaults of the paper and fla's `layers/gla.py`; num_heads: `Mixer`):
+        expand_k (0.5), expand_v (1.0): total key / value width over all heads, times d_model.
+        gate_low_rank_dim (16): rank of the gate projection W_1 W_2.
+        gate_logit_normalizer (16.0): tau, the divisor of the log-gate; it keeps decays near 1.
+        use_short_conv (False), conv_size (4): causal depthwise conv of conv_size taps, then
+            SiLU, on q, k and v.
+        use_output_gate (True): the swish(x W_g) output gate; False leaves the RMSNorm alone.
+    """
+
     name = "gla"
     Options = GLAOptions
 

@@ -40,6 +40,26 @@ class HGRN2Options(Options):
 
 
 class HGRN2(Mixer, nnx.Module):
+    """HGRN2, gated linear RNN with state expansion (Qin, Yang, Sun, Shen, Li, Sun & Zhong,
+    COLM 2024, arXiv:2404.07904).
+
+    Engine L (`linmix.ops.gla`) with a data-dependent decay per key channel, chunked form: GLA
+    whose key is tied to its forget gate, S_t = diag(f_t) S_{t-1} + (1 - f_t)^T i_t, o_t =
+    swish(q_t) S_t / sqrt(K), with f = gamma + (1 - gamma) sigmoid(x W_f) in log space. Output
+    is an RMSNorm over the concatenated heads, then W_o (no output gate). Causal: decodes from a
+    fixed-size cache (the state and the short-conv tails).
+
+    Options (defaults of the paper and fla's `layers/hgrn2.py`; num_heads: `Mixer`):
+        expand_ratio (128): key (forget-gate) width per head, the state expansion; the value
+            width per head is d_model / num_heads.
+        use_lower_bound (True): bound the forget gate below by gamma, learned per key channel
+            in each layer (fla derives it from the model depth, which a mixer does not see).
+        lower_bound_init (0.5): gamma at initialisation, in (0, 1).
+        use_short_conv (False), conv_size (4): causal depthwise convs, with no activation, on
+            q, f and i.
+        norm_eps (1e-5): eps of the output RMSNorm.
+    """
+
     name = "hgrn2"
     Options = HGRN2Options
 

@@ -75,6 +75,22 @@ class GroupedLinear(nnx.Module):
 
 
 class InLine(Mixer, nnx.Module):
+    """Injective linear attention, InLine (Han, Pu, Xia, Han, Pan, Li, Lu, Song & Huang,
+    NeurIPS 2024, arXiv:2412.06590).
+
+    No engine: a global reduction (one einsum per head over the whole image). The weights
+    (s/N) phi(q_i) . phi(k_j) - (s/N^2) sum_m phi(q_i) . phi(k_m) + 1/N sum to one without a
+    division; a 3 x 3 depthwise conv of v, whose kernel an MLP predicts from the image mean, is
+    added; then the output projection. Bidirectional: no cache; tokens are a row-major patch grid;
+    the conv makes it position-dependent; packed segments are not supported.
+
+    Options (defaults of the released LeapLabTHU/InLine code; num_heads: `Mixer`):
+        kernel_func ("identity"): phi on q and k: "identity", "relu", "leakyrelu" (slope 0.01)
+            or "exp" (exp(0.2 x)).
+        local_conv (True): the predicted 3 x 3 depthwise conv on v.
+        grid_height (0): rows of the patch grid; 0: square (T must be a perfect square).
+    """
+
     name = "inline"
     Options = InLineOptions
     causal = False

@@ -57,6 +57,25 @@ class JRTOptions(Options):
 
 
 class JRT(Mixer, nnx.Module):
+    """Prefix linear attention of JRT-RNN (Arora, Timalsina, Singhal, Spector, Eyuboglu, Zhao, Rao,
+    Rudra & Ré, 2024, arXiv:2407.05483).
+
+    Engine L (`linmix.ops.gla`), no gate, with the denominator, chunked form from a prefix state:
+    features are the second-order Taylor map of exp; the first M tokens form a non-causal
+    encoder sum of phi(k_e)^T [v_e, 1] that starts the causal decoder pass, so every token
+    reads the whole prefix; output W_o only. Causal for M = 0 (the default); with M > 0 the
+    prefix tokens see each other. Decodes from a fixed-size cache (the numerator and denominator
+    state and the short-conv tails).
+
+    Options (num_heads: `Mixer`):
+        feature_dim (16): per-head q / k width before the Taylor map (1 + f + f^2 features).
+        expand_v (1.0): total value width over all heads, times d_model.
+        prefix_len (0): M, the encoder prefix; 0 keeps the layer causal (the paper uses 1024,
+            with a masked-language loss on the prefix).
+        use_short_conv (False), conv_size (4): causal depthwise conv, then SiLU, on q, k_d, v_d
+            (and on k_e, v_e); off in the official layer.
+    """
+
     name = "jrt"
     Options = JRTOptions
 

@@ -58,6 +58,24 @@ class LCM(nnx.Module):
 
 
 class L2ViT(Mixer, nnx.Module):
+    """Linear global attention of L²ViT (Zheng, 2025, arXiv:2501.16182).
+
+    No engine: a global reduction (one einsum per head over the whole image) with ReLU features,
+    a learned per-head temperature on the numerator and the denominator clamped from below; the
+    local concentration module (LCM: depthwise conv, GELU, LayerNorm, depthwise conv) is added
+    as a second branch on LayerNorm(x + attention). Bidirectional: no cache; the LCM sees tokens
+    as a row-major patch grid and makes the mixer position-dependent; packed segments are not
+    supported.
+
+    Options (defaults of the released L²ViT code; num_heads: `Mixer`):
+        qkv_bias (True): biases on the q, k, v projection.
+        denom_min (100.0): lower clamp of the denominator phi(q_i) . sum_j phi(k_j).
+        local_concentration (True): the LCM branch; False gives the plain linear attention,
+            which is permutation-equivariant.
+        lcm_kernel (7): odd kernel side of the LCM's depthwise convs.
+        grid_height (0): rows of the patch grid; 0: square (T must be a perfect square).
+    """
+
     name = "l2vit"
     Options = L2ViTOptions
     causal = False

@@ -67,6 +67,23 @@ def running_logsumexp(
 
 
 class LightNet(Mixer, nnx.Module):
+    """LightNet (Qin, Mao, Shen, Li, Zhang, Dai & Zhong, "You Only Scan Once", 2024,
+    arXiv:2405.21022).
+
+    Engine L (`linmix.ops.gla`) with a per-key-channel decay from a running log-sum-exp, chunked
+    form: with z_t = log sum_{s<=t} exp(k_s) the key is exp(k_t - z_t) and the log-decay
+    z_{t-1} - z_t, so each state row is a softmax over time of the values. q = SiLU(x W_q),
+    scale 1; output is an RMSNorm over all heads times swish of a low-rank gate, then W_o.
+    Causal: decodes from a fixed-size cache (the state, z and the short-conv tails).
+
+    Options (defaults of the paper and fla's `layers/lightnet.py`; num_heads: `Mixer`):
+        expand_k (1.0), expand_v (1.0): total key / value width over all heads, times d_model.
+        gate_low_rank_dim (128): rank of the output gate.
+        use_output_gate (True): the low-rank swish output gate; False leaves the RMSNorm alone.
+        use_short_conv (False), conv_size (4): causal depthwise convs, with no activation, on
+            q, k and v.
+    """
+
     name = "lightnet"
     Options = LightNetOptions
 

@@ -54,6 +54,24 @@ def alibi_slopes(num_heads: int) -> list[float]:
 
 
 class Lightning(Mixer, nnx.Module):
+    """Lightning Attention-2 in the TransNormerLLM layer (Qin, Sun, Li, Shen, Sun & Zhong, 2024,
+    arXiv:2401.04658; TNL: ICML 2024, arXiv:2405.17381).
+
+    Engine L (`linmix.ops.gla`) with a fixed scalar decay per head, lambda_h = exp(-s_h) from
+    the ALiBi slopes s_h, scale 1, no denominator, chunked form (Lightning-2's tiling). q, k, v
+    = SiLU(x W); output is a norm over the concatenated heads times the sigmoid of a low-rank
+    gate, then W_o. Causal: decodes from a fixed-size cache (the state [B, H, K, V] and the
+    short-conv tails).
+
+    Options (defaults of the released TNL layer; num_heads: `Mixer`):
+        slope_scale (1.0): factor on the slopes; TNL uses 1 - l/(L-1) + 1e-5 at layer l of L,
+            0 removes the decay.
+        gate_low_rank_dim (None): rank of the output gate; None: the head dim.
+        norm ("layernorm"): the output norm, "layernorm" or "srmsnorm" (SimpleRMSNorm).
+        use_short_conv (False), conv_size (4): causal depthwise conv, then SiLU, on q, k and v
+            in place of the plain SiLU (not in the paper).
+    """
+
     name = "lightning"
     Options = LightningOptions
 

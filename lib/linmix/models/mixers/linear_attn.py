@@ -27,6 +27,23 @@ class LinearAttnOptions(LinearOptions):
 
 
 class LinearAttn(LinearMixer, nnx.Module):
+    """Kernel linear attention (Katharopoulos, Vyas, Pappas & Fleuret, ICML 2020, arXiv:2006.16236).
+
+    Engine L (`linmix.ops.gla`) with no gate (nothing decays), scale 1, chunked form: the state is
+    the running sum of phi(k)^T v. Causal: decodes from a fixed-size cache (the state, with a
+    denominator column when used, and the short-conv tails).
+
+    Options (the paper's feature map; the normalisation default is fla's; num_heads: `Mixer`):
+        feature_map ("elu1"): phi on q and k, a key of `linmix.ops.gla.FEATURE_MAPS` (elu1 =
+            elu + 1, identity, relu, silu, softmax, taylor2).
+        normalization ("rmsnorm"): "rmsnorm", a per-head RMSNorm of the output, or "denominator",
+            the paper's o_t = phi(q_t) S_t / (phi(q_t) . sum_{s<=t} phi(k_s)).
+        expand_k (1.0), expand_v (1.0): total key / value width over all heads, times d_model.
+        use_short_conv (False), conv_size (4): causal depthwise conv of conv_size taps, then
+            SiLU, on q, k and v.
+        use_output_gate (False): multiply the normed output by swish(x W_g) before W_o.
+    """
+
     name = "linear_attn"
     Options = LinearAttnOptions
 

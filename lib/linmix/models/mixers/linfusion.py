@@ -64,6 +64,27 @@ class QKMLP(nnx.Module):
 
 
 class LinFusion(Mixer, nnx.Module):
+    """Generalised linear attention of LinFusion (Liu, Yu, Tan & Wang, 2024, arXiv:2409.02097);
+    the preset `linfusion.LIT` gives LiT (Wang et al., 2025, arXiv:2501.12976).
+
+    No engine: a normalised global reduction (one einsum per head over the whole image),
+    o_i = phi(q_i) KV / (phi(q_i) . z + eps), plus an optional depthwise conv of v, then the output
+    projection. Bidirectional: no cache; permutation-equivariant unless the conv is on (then the
+    tokens are a row-major patch grid); packed segments are not supported.
+
+    Options (LinFusion's defaults; num_heads: `Mixer`):
+        feature_map ("elu1"): phi on q and k, "elu1" (elu + 1) or "relu" (LiT).
+        qk_mlp (True): q and k read x + MLP(x) (Linear, LayerNorm, LeakyReLU, Linear); False
+            (LiT): plain projections.
+        qk_mlp_ratio (1.0): hidden width of that MLP, times d_model.
+        normalizer ("mean"): "mean" divides KV and z by N (LinFusion); "sum" (LiT) does not.
+        eps (1e-4): added to the denominator (LiT: 1e-6).
+        conv_size (0): odd kernel side of a depthwise conv of v added to the output (LiT: 5);
+            0: none.
+        qkv_bias (False): biases on the q, k, v projections.
+        grid_height (0): with the conv, rows of the patch grid; 0: square.
+    """
+
     name = "linfusion"
     Options = LinFusionOptions
     causal = False

@@ -116,6 +116,26 @@ def vq_window_attention(
 
 
 class LongVQ(Mixer, nnx.Module):
+    """LongVQ, vector-quantised attention in a MEGA block (Liu, Wang, Li, Wang, Lin & Li,
+    IJCAI 2024, arXiv:2404.11163).
+
+    Engine L (`linmix.ops.gla`) twice, chunked form: MEGA's damped EMA (one head per channel with
+    a constant per-channel gate) feeds the gates and the shared query/key stream; keys are
+    RMS-normalised and quantised to a per-head codebook (straight-through), so the softmax over
+    keys older than the window is linear attention with no gate over the codewords, while the
+    window itself is exact with a learned bias per lag. Causal: decodes from a fixed-size cache
+    (EMA state, per-code value sums, the window's codes and values).
+
+    Options (MEGA and Transformer-VQ defaults where LongVQ gives none; num_heads: `Mixer`):
+        expand_k (0.25): width of the shared query/key stream z, times d_model.
+        expand_v (2.0): value width, times d_model.
+        ema_dim (16): state size of the EMA per channel.
+        codebook_size (512): codewords per head.
+        window (32): tokens attended exactly, with the per-lag bias.
+        commitment_coef (1e-4): weight a training loop gives `commitment_loss` (the mixer does
+            not apply it).
+    """
+
     name = "longvq"
     Options = LongVQOptions
 

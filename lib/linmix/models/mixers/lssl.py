@@ -129,6 +129,25 @@ def lti_chunked(u_BTH, log_dt, A, B, C, disc, chunk, *, seg_BT=None, x0_BHN=None
 
 
 class LSSL(Mixer, nnx.Module):
+    """Linear state-space layer, LSSL (Gu, Johnson, Goel, Saab, Dao, Rudra & Ré, NeurIPS 2021,
+    arXiv:2110.13985), with the diagonal state of S4D (Gu, Gupta, Goel & Ré, NeurIPS 2022,
+    arXiv:2206.11893).
+
+    Time-invariant SSM in convolution mode (`linmix.ops.ssm.s4d_kernel`, `fft_conv`): per model
+    channel, M complex diagonal modes discretised with a learned step give a causal convolution
+    y = K * u + D u; the output is GELU(y) followed by a linear layer. Causal: decodes by the
+    diagonal recurrence from a fixed-size cache (the complex state).
+
+    Options (defaults of the paper's config; num_heads is not used, one SSM per channel):
+        state_size (128): M complex modes per channel (a real state of order 2 M).
+        init ("legs"): "legs" (S4D-LegS, from HiPPO-LegS), "lin" (S4D-Lin) or "real" (S4D-Real).
+        discretization ("bilinear"): "bilinear" (LSSL) or "zoh" (zero-order hold, S4D).
+        dt_min (1e-3), dt_max (0.1): the step starts log-uniform in [dt_min, dt_max].
+        form ("chunked"): "chunked", an exact Toeplitz product inside chunks with the state
+            carried across them, or "fft" for whole sequences (calls with segment_ids or a cache
+            use the chunked form).
+    """
+
     name = "lssl"
     Options = LSSLOptions
 

@@ -69,6 +69,23 @@ def mala_attention(q_BTHK, k_BTHK, v_BTHV, grid, *, scale, rope, eps):
 
 
 class MALA(Mixer, nnx.Module):
+    """Magnitude-aware linear attention, MALA (Fan, Huang, Ai & He, ICCV 2025, arXiv:2507.00698).
+
+    No engine: a global reduction (one einsum per head over the whole image). With phi = elu + 1,
+    z_i = s phi(q_i) . mean_j phi(k_j) rescales the read-out, o_i = RoPE(phi(q_i)) KV (1 + 1/z_i)
+    - z_i mean_j v_j, so the weights sum to one and sharpen as |phi(q_i)| grows; then + LePE
+    (depthwise conv of v), times the linear gate x W_g, and the output projection.
+    Bidirectional: no cache; tokens are a row-major patch grid; RoPE and LePE make it
+    position-dependent (not permutation-equivariant); packed segments are not supported.
+
+    Options (defaults of the released qhfan/MALA code; num_heads: `Mixer`):
+        rope (True): 2-D rotary embedding on the numerator's q and k (head dim divisible by 4).
+        lepe_size (5): odd kernel side of the LePE depthwise conv on v; 0 disables it.
+        use_output_gate (True): multiply by the linear gate x W_g before the projection.
+        eps (1e-6): added to z_i in 1 / z_i.
+        grid_height (0): rows of the patch grid; 0: square (T must be a perfect square).
+    """
+
     name = "mala"
     Options = MALAOptions
     causal = False

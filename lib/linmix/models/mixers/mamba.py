@@ -38,6 +38,25 @@ class MambaOptions(Options):
 
 
 class Mamba(Mixer, nnx.Module):
+    """Mamba, the S6 selective state-space layer (Gu & Dao, 2023, COLM 2024, arXiv:2312.00752).
+
+    Selective scan (`linmix.ops.ssm.selective_scan`): a decay per channel and state element,
+    exp(Delta_t[d] A[d, m]), chunked form. x and the gate z come from one projection; x passes a
+    causal depthwise conv and SiLU; Delta = softplus(low-rank(x) + dt_bias); B_t, C_t are
+    projections of x; A = -exp(A_log) starts at the S4D-real values -(m + 1); the output is
+    (y + D x) * SiLU(z), projected back. Causal: decodes from a fixed-size cache (the state
+    [B, inner, M] and the conv tail).
+
+    Options (defaults of the paper and fla's `layers/mamba.py`; num_heads is not used):
+        expand (2.0): inner width, times d_model.
+        state_size (16): M, state elements per inner channel.
+        dt_rank (0): rank of the Delta projection; 0 means ceil(d_model / 16).
+        use_short_conv (True), conv_size (4): the causal depthwise conv on x (SiLU follows
+            either way).
+        dt_min (1e-3), dt_max (0.1), dt_init_floor (1e-4): softplus(dt_bias) starts log-uniform
+            in [dt_min, dt_max], clipped below at dt_init_floor.
+    """
+
     name = "mamba"
     Options = MambaOptions
 

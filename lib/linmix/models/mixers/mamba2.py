@@ -38,6 +38,26 @@ class Mamba2Options(Options):
 
 
 class Mamba2(Mixer, nnx.Module):
+    """Mamba2, state-space duality (Dao & Gu, ICML 2024, arXiv:2405.21060).
+
+    Engine L (`linmix.ops.gla`) with a data-dependent scalar decay per head, chunked form: q = C_t,
+    k = B_t, v = Delta_t x_t, log-decay Delta_t A_h with Delta = softplus(x W + dt_bias) and
+    A_h = -exp(A_log_h), scale 1. One projection gives [z, x, B, C, Delta]; a causal depthwise
+    conv and SiLU act on (x, B, C); the skip D_h x is added, then RMSNorm(y * SiLU(z)) and the
+    output projection. Causal: decodes from a fixed-size cache (the state [B, H, M, V] and the
+    conv tail).
+
+    Options (defaults of the paper and fla's `layers/mamba2.py`; num_heads is not used):
+        expand (2.0): inner width, times d_model.
+        head_dim (64): V per head; heads = inner width / head_dim.
+        state_size (128): M, the key width of the state.
+        n_groups (1): groups of (B, C), each shared by the heads of its group.
+        use_short_conv (True), conv_size (4): the causal depthwise conv on (x, B, C).
+        a_init_range ((1.0, 16.0)): A_h = exp(A_log_h) starts uniform in this range.
+        dt_min (1e-3), dt_max (0.1), dt_init_floor (1e-4): softplus(dt_bias) starts log-uniform
+            in [dt_min, dt_max], clipped below at dt_init_floor.
+    """
+
     name = "mamba2"
     Options = Mamba2Options
 

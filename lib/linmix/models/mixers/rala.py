@@ -49,7 +49,22 @@ def rala_attention(q_BTHK, k_BTHK, v_BTHV, grid, *, scale, rope, eps):
 
 
 class RALA(MALA):
-    """MALA's layer (projections, LePE, gate, RoPE) with the RALA read-out."""
+    """Rank-augmented linear attention, RALA (Fan, Huang & He, CVPR 2025, arXiv:2411.07635).
+
+    No engine: a global reduction (one einsum per head over the whole image). Keys are
+    re-weighted by a softmax of their similarity to the mean query, then normalised linear
+    attention (phi = elu + 1, RoPE on the numerator) runs on them; MALA's layer around it (LePE,
+    linear gate x W_g, output projection). Bidirectional: the re-weighting needs every query, so
+    no causal form exists; no cache; tokens are a row-major patch grid; RoPE and LePE make it
+    position-dependent (not permutation-equivariant); packed segments are not supported.
+
+    Options (MALA's, as in the released qhfan/RALA code; num_heads: `Mixer`):
+        rope (True): 2-D rotary embedding on the numerator's q and k (head dim divisible by 4).
+        lepe_size (5): odd kernel side of the LePE depthwise conv on v; 0 disables it.
+        use_output_gate (True): multiply by the linear gate x W_g before the projection.
+        eps (1e-6): added to the denominator.
+        grid_height (0): rows of the patch grid; 0: square (T must be a perfect square).
+    """
 
     name = "rala"
     Options = RALAOptions

@@ -29,6 +29,21 @@ def retnet_log_decay(num_heads: int) -> jax.Array:
 
 
 class RetNet(LinearMixer, nnx.Module):
+    """Multi-scale retention, RetNet (Sun, Dong, Huang, Ma, Xia, Xue, Wang & Wei, 2023,
+    arXiv:2307.08621).
+
+    Engine L (`linmix.ops.gla`) with a fixed scalar decay per head, lambda_h = 1 - 2^(-5-h) (head
+    h remembers about 2^(5+h) tokens), rotary q and k, scale K^-1/2, chunked form; output is a
+    per-head RMSNorm times swish(x W_g), then W_o. Causal: decodes from a fixed-size cache (the
+    state, the short-conv tails and the position for the rotary embedding).
+
+    Options (defaults of the paper and fla's `layers/multiscale_retention.py`; num_heads: `Mixer`):
+        expand_k (1.0), expand_v (2.0): total key / value width over all heads, times d_model.
+        use_short_conv (False), conv_size (4): causal depthwise conv of conv_size taps, then
+            SiLU, on q, k and v (not in the paper).
+        use_output_gate (True): the swish(x W_g) output gate; False leaves the RMSNorm alone.
+    """
+
     name = "retnet"
     Options = RetNetOptions
 

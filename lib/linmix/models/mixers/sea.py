@@ -92,6 +92,25 @@ def sparse_attention(q, k, v, sel, qpos, kpos, allowed, own):
 
 
 class SEA(Mixer, nnx.Module):
+    """Sparse linear attention with an estimated attention mask, SEA (Lee, Kim, Willette & Hwang,
+    ICLR 2024, arXiv:2310.01777).
+
+    Top-k sparse softmax attention whose mask is estimated on engine L (`linmix.ops.gla`, no gate,
+    normalised FAVOR+ linear attention, chunked form) and an MLP: each query scores M cells of
+    its compressed key axis, keeps about k keys, and attends exactly over them (plus its own key).
+    `distill_loss` trains the estimator against the layer's own dense attention. Causal: decodes
+    from a cache of all keys and values (max_len slots, growing with the sequence) plus the
+    linear-attention state.
+
+    Options (defaults of the released example; num_heads: `Mixer`):
+        k (64): keys per query (round(k M / (t + 1)) cells of row t per head).
+        predictor_length (256): M, cells of the compressed key axis.
+        nb_factor (8.0): Performer features m = K ln K / nb_factor.
+        grouped_topk (True): one top-k budget shared by all heads of a query.
+        rope (True): rotary embeddings on the sparse attention's q and k.
+        use_short_conv (False), conv_size (4): causal depthwise conv, then SiLU, on q, k and v.
+    """
+
     name = "sea"
     Options = SEAOptions
 

@@ -44,6 +44,24 @@ class SLABOptions(Options):
 
 
 class SLAB(Mixer, nnx.Module):
+    """Simplified linear attention of SLAB (Guo, Chen, Tang & Wang, ICML 2024, arXiv:2405.11582).
+
+    No engine: a global reduction (one einsum per head over the whole image) with ReLU features,
+    the denominator, a learned position table added to the keys only, and a depthwise conv of v
+    (head-dim channels, shared by the heads) added to the output; then the output projection.
+    The paper's progressive re-parameterised BatchNorm is a block norm and is not included.
+    Bidirectional: no cache; tokens are a row-major patch grid; the conv and the key positions
+    make it position-dependent; packed segments are not supported.
+
+    Options (defaults of the released SLAB-DeiT code; num_heads: `Mixer`):
+        qkv_bias (True): biases on the q, k, v projection.
+        conv_size (5): odd kernel side of the depthwise conv on v.
+        pos_grid (14): side of the zero-initialised key position table, bilinearly resized to
+            other grids; 0: no table.
+        eps (1e-6): added to the denominator.
+        grid_height (0): rows of the patch grid; 0: square (T must be a perfect square).
+    """
+
     name = "slab"
     Options = SLABOptions
     causal = False

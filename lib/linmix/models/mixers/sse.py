@@ -73,6 +73,30 @@ def _apply(pair: nnx.List, x: jax.Array) -> jax.Array:
 
 
 class SSE(Mixer, nnx.Module):
+    """Sparse state expansion on GLA, SSE (Pan, An, Li, Chou, Zhu, Wang, Wang, Wang & Li, ICLR 2026,
+    arXiv:2507.16577).
+
+    Engine L (`linmix.ops.gla`) with per-key-channel decay, chunked masked form: each head has a
+    shared state and Z partition states; a router picks each token's top-k writer and reader
+    partitions (unselected ones neither write nor decay), and all of it runs as one GLA call on
+    (Z + 1) H heads. q = SiLU, k = softmax over the head dim, v = SiLU; output is a per-head
+    RMSNorm times SiLU of a low-rank gate, then W_o. Causal: decodes from a fixed-size cache
+    (Z + 1 states per head and the short-conv tails).
+
+    Options (defaults of the paper and fla's `SSEConfig`; num_heads: `Mixer`):
+        expand_k (0.75), expand_v (0.75): total key / value width over all heads, times d_model.
+        num_sparse_partition (4): Z, partition states per head (at least 2).
+        num_writer (1), num_reader (1): top-k partitions a token writes to / reads from.
+        use_q_softmax (False): softmax over the head dim on q instead of SiLU.
+        use_k_softmax (True): softmax over the head dim on k; False uses SiLU.
+        gate_low_rank_dim (16), gate_logit_normalizer (16.0): rank and divisor of the two GLA
+            gates (shared path and partitions).
+        use_short_conv (False), conv_size (4): causal depthwise conv on the shared q and k.
+        use_output_gate (True): the low-rank SiLU output gate; False leaves the RMSNorm alone.
+        aux_loss_coef (0.01): weight a training loop gives the load-balancing loss `aux_loss`
+            (the mixer does not apply it).
+    """
+
     name = "sse"
     Options = SSEOptions
 

@@ -107,6 +107,26 @@ def block_attention(q_BTHK, k_BTHK, v_BTHV, block_BT, *, size: int, lookback: bo
 
 
 class TransNormer(Mixer, nnx.Module):
+    """TransNormer (Qin, Han, Sun, Li, Kong, Barnes & Zhong, "The Devil in Linear Transformer",
+    EMNLP 2022, arXiv:2210.10340): one of its two layer kinds per mixer.
+
+    NormAttention ("norm"): engine L (`linmix.ops.gla`), no gate, no denominator, scale 1,
+    chunked form, then SimpleRMSNorm over the concatenated heads and W_o. DiagAttention
+    ("diag"): no engine, softmax attention (or ReLU logits, then SimpleRMSNorm) within
+    non-overlapping blocks, causal inside each block. The paper stacks diag layers in the first
+    half and norm layers in the second. Causal: decodes from a fixed-size cache (norm: the state;
+    diag: the current block's keys and values; both: short-conv tails).
+
+    Options (defaults are the T2 model; num_heads: `Mixer`):
+        attention ("norm"): "norm" (NormAttention) or "diag" (DiagAttention).
+        feature_map ("elu1"): NormAttention's phi, "elu1" (elu + 1, T2) or "elu" (T1).
+        diag_activation ("softmax"): DiagAttention's "softmax" (T2) or "relu" (T1).
+        block_size (64): DiagAttention's block length.
+        norm_eps (1e-8): eps of SimpleRMSNorm, x / (rms(x) + eps).
+        use_short_conv (False), conv_size (4): causal depthwise conv, then SiLU, on q, k and v
+            (not in the paper).
+    """
+
     name = "transnormer"
     Options = TransNormerOptions
 
