@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from pathlib import Path
@@ -13,20 +12,12 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from linmix.models import ModelConfig
-from linmix.parallel import mesh_from_sizes
 from linmix.train.checkpoint import Checkpointer
 from linmix.train.guards import Preemption, check_finite
 from linmix.train.metrics import MetricWriter
-from linmix.train.sharding import (
-    batch_sharding,
-    in_mesh,
-    put_batch,
-    state_shardings,
-    with_shardings,
-)
-from linmix.train.state import init_state, make_optimizer
-from linmix.train.step import eval_step, train_step
+from linmix.train.sharding import put_batch
 from linmix.train.tasks import make_task
+from linmix.train.trainer import Trainer
 from linmix.train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -36,57 +27,31 @@ UNLOGGED = ("finite", "grads_finite")  # step outputs the guards read, not metri
 def run(config: ConfigDict, workdir: str | Path) -> dict:
     """Train to `config.train.steps`, resuming from the newest checkpoint in `workdir`."""
     nnx.set_graph_mode(False)
-    model_cfg = validate(config)
-    tc = config.train
+    model_cfg, tc = validate(config), config.train
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0  # writes metrics and the config; all processes checkpoint
     if primary:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-    tx = make_optimizer(
-        lr=tc.lr,
-        warmup_steps=tc.warmup_steps,
-        steps=tc.steps,
-        min_lr_ratio=tc.min_lr_ratio,
-        weight_decay=tc.weight_decay,
-        b1=tc.b1,
-        b2=tc.b2,
-        clip_norm=tc.clip_norm,
-    )
-    init_fn = functools.partial(init_state, model_cfg, tx, config.seed)
-    mesh = mesh_from_sizes(config.mesh.to_dict(), explicit=False)
-    abstract = jax.eval_shape(init_fn)
-    state_sh, batch_sh = state_shardings(abstract, mesh), batch_sharding(mesh)
     task = make_task(config)
+    trainer = Trainer(config, task=task, max_targets=task.max_targets)
     if task.description and primary:
         print(f"linmix: {task.description}", flush=True)
-    make_iter = task.make_iter
     ckpt = Checkpointer(
         workdir / "checkpoints", every=tc.checkpoint_every, keep=tc.keep_checkpoints
     )
 
-    start, state, data_iter = ckpt.restore_latest(with_shardings(abstract, state_sh), make_iter)
+    start, state, data_iter = ckpt.restore_latest(trainer.abstract_state(), task.make_iter)
     if start is None:
-        state = jax.jit(init_fn, out_shardings=state_sh)()
+        state = trainer.init()
         start = 0
     else:
         log.warning("resumed from %s at step %d", ckpt.directory, start)
         print(f"linmix: resuming from checkpoint at step {start}", flush=True)
     _log_model(model_cfg, state.model, primary)
+    batch_sh = trainer.batch_sharding
 
-    per_batch = task.max_targets  # static bound on supervised positions (None: dense loss)
-    step_fn = jax.jit(
-        in_mesh(mesh, functools.partial(train_step, tx=tx, max_targets=per_batch)),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, None),
-        donate_argnums=0,
-    )
-    eval_fn = jax.jit(
-        in_mesh(mesh, functools.partial(eval_step, max_targets=per_batch)),
-        in_shardings=(state_sh.model, batch_sh),
-        out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-    )
     writer = MetricWriter(workdir, start_step=start, enabled=primary)
     tokens_per_step = task.tokens_per_step
     bar = tqdm(
@@ -99,12 +64,12 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     last = {}
     t_last, step_last = time.perf_counter(), start
     grad_names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
-        abstract.model)]  # fmt: skip
+        trainer.abstract.model)]  # fmt: skip
     unchecked = None  # (step, metrics) of the previous step: its finiteness is read one step late
     with Preemption() as preemption:
         try:
             for step in range(start + 1, tc.steps + 1):
-                state, metrics = step_fn(state, put_batch(next(data_iter), batch_sh))
+                state, metrics = trainer.train_fn(state, put_batch(next(data_iter), batch_sh))
                 if unchecked is not None:  # the previous step is done by now: no pipeline stall
                     check_finite(*unchecked, grad_names, workdir)
                 unchecked = (step, metrics)
@@ -125,7 +90,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
                     check_finite(step, metrics, grad_names, workdir)  # never save a bad step
                     unchecked = None
                 if step % tc.eval_every == 0 or step == tc.steps:
-                    scores = task.evaluate(eval_fn, state.model, batch_sh)
+                    scores = trainer.evaluate(state.model)
                     record.update(scores)
                     shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items())
                     bar.write(f"step {step}: {shown}")
