@@ -15,15 +15,18 @@ Generation: `linmix.generate.generate(model, prompts, max_new_tokens=...)`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
 from flax import nnx
 from ml_collections import ConfigDict
 
-from linmix.models import LM, ModelConfig, parameter_count
+from linmix.models import LM, ModelConfig
+from linmix.models import parameter_count as count_from_model_config
 from linmix.train.loop import run as fit
 from linmix.train.restore import Restored, restore
 from linmix.train.trainer import Trainer, check_batch
@@ -93,5 +96,18 @@ def load(workdir: str | Path, *, train_state: bool = False, step: int | None = N
 
 
 def evaluate(model: LM, config: ConfigDict) -> dict[str, float]:
-    """`model`'s held-out metrics on the config's task (as the trainer logs them)."""
-    return Trainer(config).evaluate(model)
+    """`model`'s held-out metrics on the config's task (as the trainer logs them); the compiled
+    evaluation is reused across calls with the same config."""
+    return _trainer_for(config.to_json_best_effort(sort_keys=True)).evaluate(model)
+
+
+@functools.lru_cache(maxsize=8)
+def _trainer_for(config_json: str) -> Trainer:
+    return Trainer(ConfigDict(json.loads(config_json)))
+
+
+def parameter_count(config: ModelConfig | ConfigDict) -> int:
+    """Parameters of the LM a `ModelConfig` or a run config describes (nothing allocated)."""
+    if isinstance(config, ConfigDict):
+        config = ModelConfig(**config.model.to_dict())
+    return count_from_model_config(config)

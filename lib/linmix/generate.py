@@ -1,58 +1,34 @@
 """Text generation: prefill the prompt with the chunked form, then decode one token at a time with
 the recurrent steps, in one compiled loop (no per-token Python dispatch).
 
-    python -m linmix.generate --workdir=runs/shakespeare --prompt="ROMEO." --max_new_tokens=200
+    python -m linmix.generate --workdir=runs/lm_attention --prompt="ROMEO." --max_new_tokens=200
 
-From Python: `model, config, step = load(workdir)` restores a trained run's model (the newest
-checkpoint's parameters), and `generate(model, prompts, max_new_tokens=..., key=...)` continues
-a batch of token-id prompts. Sampling: greedy (`temperature=0`), or temperature with optional
+From Python: `run = linmix.load(workdir)` restores a trained run's model (the newest checkpoint's
+parameters), and `generate(run.model, prompts, max_new_tokens=..., key=...)` continues a batch of
+token-id prompts. Sampling: greedy (`temperature=0`), or temperature with optional
 top-k and top-p (nucleus) filtering, from an explicit PRNG key; generation stops per row at a
 stop token or after the budget. Prompts of different lengths are generated in groups of equal
-length, so each row is what it would be alone.
+length, so each row is what it would be alone. `on_token` receives each step's tokens from inside
+the compiled loop (streaming). `repeat_prompt=2` is JRT-Prompt (Arora et al. 2024, "Just read
+twice"): the prompt is read twice before generating, so a recurrent model has seen the whole
+context when it reads it again, and recalls what it needs from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
-from ml_collections import ConfigDict
+from jax.experimental import io_callback
 
 from linmix.data.tokenizer import load_tokenizer
-from linmix.models import LM, ModelConfig
-from linmix.train.checkpoint import Checkpointer, from_nested
-
-
-def load(workdir: str | Path) -> tuple[LM, ConfigDict, int]:
-    """(model, config, step) of the newest checkpoint in a training run's workdir."""
-    workdir = Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise FileNotFoundError(f"{workdir} is not a linmix run directory (no config.json)")
-    config = ConfigDict(json.loads((workdir / "config.json").read_text()))
-    model_cfg = ModelConfig(**config.model.to_dict())
-    nnx.set_graph_mode(False)
-    abstract = jax.eval_shape(lambda: LM(model_cfg, rngs=nnx.Rngs(0)))
-    ckpt = Checkpointer(workdir / "checkpoints", every=1, keep=1)
-    try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{workdir} has no checkpoint yet")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore())
-        nested = ckpt.manager.restore(step, args=args).state
-    finally:
-        ckpt.close()
-    model = from_nested(abstract, nested["model"])
-    model = jax.tree.map(jnp.asarray, model)
-    return model, config, int(step)
+from linmix.models import LM
+from linmix.train.restore import restore
 
 
 def sample(logits_BE: jax.Array, key, temperature: float, top_k: int, top_p: float) -> jax.Array:
@@ -74,14 +50,18 @@ def sample(logits_BE: jax.Array, key, temperature: float, top_k: int, top_p: flo
     return jax.random.categorical(key, logits_BE, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "temperature", "top_k", "top_p", "stops"))
-def _generate(model, prompt_BT, cache, key, *, steps, temperature, top_k, top_p, stops):
+@functools.partial(
+    jax.jit, static_argnames=("steps", "temperature", "top_k", "top_p", "stops", "on_token")
+)
+def _generate(model, prompt_BT, cache, key, *, steps, temperature, top_k, top_p, stops, on_token):
     logits_BTE, cache = model(prompt_BT, cache=cache)
     keys = jax.random.split(key, steps)
     stop_S = jnp.asarray(stops if stops else (-1,), jnp.int32)
 
     def emit(tok_B, done_B):
         tok_B = jnp.where(done_B, -1, tok_B)
+        if on_token is not None:
+            io_callback(on_token, None, tok_B, ordered=True)
         return tok_B, done_B | jnp.isin(tok_B, stop_S)
 
     first_B, done_B = emit(
@@ -109,9 +89,17 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     stop_tokens: Sequence[int] = (),
+    repeat_prompt: int = 1,
+    on_token: Callable[[np.ndarray], None] | None = None,
 ) -> list[list[int]]:
-    """The continuation of each prompt (token ids), up to and including a stop token."""
-    prompts = [list(map(int, p)) for p in prompts]
+    """The continuation of each prompt (token ids), up to and including a stop token.
+
+    `repeat_prompt`: read each prompt this many times first (2: JRT-Prompt). `on_token(ids_B)`:
+    called at every step with the new token of each row of a group of equal-length prompts
+    (-1 for rows already stopped), in order, from inside the compiled loop."""
+    if repeat_prompt < 1:
+        raise ValueError(f"repeat_prompt must be >= 1, got {repeat_prompt}")
+    prompts = [list(map(int, p)) * repeat_prompt for p in prompts]
     vocab = model.embed.num_embeddings
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -135,7 +123,7 @@ def generate(
         new_BS = _generate(
             model, tokens_BT, cache, jax.random.fold_in(key, length), steps=max_new_tokens,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-            stops=tuple(int(s) for s in stop_tokens),
+            stops=tuple(int(s) for s in stop_tokens), on_token=on_token,
         )  # fmt: skip
         for i, row in zip(rows, np.asarray(new_BS), strict=True):
             out[i] = [int(t) for t in row if t >= 0]
@@ -153,27 +141,52 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--top_p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat_prompt", type=int, default=1, help="2: JRT-Prompt (read it twice)")
     args = p.parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        model, config, step = load(args.workdir)
-        if config.task != "lm":
-            raise ValueError(
-                f"{args.workdir} trained task {config.task!r}; generation needs an lm run"
-            )
-        tokenizer = load_tokenizer(config.data.path)
-        prompts = [tokenizer.encode(text)[0] for text in args.prompt]
-        new = generate(
-            model, prompts, max_new_tokens=args.max_new_tokens, key=jax.random.key(args.seed),
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
-        print(f"linmix: error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
     texts = []
-    for prompt, ids in zip(args.prompt, new, strict=True):
-        texts.append(prompt + tokenizer.decode(np.asarray(ids)))
-        print(f"--- step {step}\n{texts[-1]}", flush=True)
+    try:
+        run = restore(args.workdir)
+        if run.config.task != "lm":
+            raise ValueError(
+                f"{args.workdir} trained task {run.config.task!r}; generation needs an lm run"
+            )
+        tokenizer = load_tokenizer(run.config.data.path)
+        print(f"--- {args.workdir}, step {run.step}", flush=True)
+        for i, text in enumerate(args.prompt):  # each prompt streamed as it is generated
+            stream = Stream(tokenizer, text)
+            generate(
+                run.model, [tokenizer.encode(text)[0]], max_new_tokens=args.max_new_tokens,
+                key=jax.random.fold_in(jax.random.key(args.seed), i),
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                repeat_prompt=args.repeat_prompt, on_token=stream,
+            )  # fmt: skip
+            texts.append(stream.finish())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"\nlinmix: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
     return texts
+
+
+class Stream:
+    """Prints a prompt's continuation as its tokens arrive (text that ends inside a multi-byte
+    character waits for the rest of it)."""
+
+    def __init__(self, tokenizer, prompt: str):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+        self.prompt = prompt
+        print(prompt, end="", flush=True)
+
+    def __call__(self, ids_B: np.ndarray) -> None:
+        self.ids.extend(int(t) for t in np.asarray(ids_B)[:1] if t >= 0)
+        text = self.tokenizer.decode(np.asarray(self.ids, np.int64))
+        if not text.endswith("\ufffd"):
+            print(text[len(self.shown) :], end="", flush=True)
+            self.shown = text
+
+    def finish(self) -> str:
+        text = self.tokenizer.decode(np.asarray(self.ids, np.int64))
+        print(text[len(self.shown) :], flush=True)
+        return self.prompt + text
 
 
 if __name__ == "__main__":

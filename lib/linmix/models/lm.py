@@ -7,7 +7,9 @@ attention); units are created with `jax.vmap` (parameters stacked on a leading a
 Decoding: `cache = lm.init_cache(batch, max_len)` holds every block's mixer cache (stacked over
 units like the parameters: fixed-size states for linear mixers, a key/value cache for softmax
 attention), and `lm(tokens_BT, cache=cache) -> (logits_BTE, cache)` consumes T more tokens: the
-chunked form for a prompt (prefill), the recurrent step for T = 1.
+chunked form for a prompt (prefill), the recurrent step for T = 1. Decoding past what the cache
+holds (a softmax layer's max_len keys) raises on eager calls and gives NaN logits under jit
+(`linmix.ops.checked` turns that into the error too).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from flax import nnx
 from linmix.models.config import ModelConfig
 from linmix.models.layers import DTYPES, GLUMLP, rms_norm
 from linmix.models.mixers import REGISTRY
+from linmix.ops.common.checks import check_cache_room, check_token_ids
 from linmix.ops.dispatch import use_implementations
 from linmix.parallel.context import shard_tokens
 
@@ -99,27 +102,44 @@ class LM(nnx.Module):
 
     def __call__(self, tokens_BT: jax.Array, *, segment_ids: jax.Array | None = None, cache=None):
         """fp32 logits [B, T, E]; with a `cache` (from `init_cache`), (logits, advanced cache)."""
+        check_token_ids(tokens_BT, self.embed.num_embeddings)
         if cache is None:
             return self.logits(self.hidden(tokens_BT, segment_ids=segment_ids))
         if segment_ids is not None:
             raise ValueError("LM: segment_ids cannot be used with a cache (a cached row is one "
                              "sequence)")  # fmt: skip
+        check_cache_room(cache["pos"], tokens_BT.shape[1], cache["limit"])
         x_BTD = self.embed(tokens_BT)
 
-        def body(h_BTD, unit_and_caches):
-            unit, caches = unit_and_caches
-            return unit(h_BTD, None, caches)
+        # A loop carrying the stacked caches, each unit's slice written back in place: a scan
+        # with the caches as inputs and outputs would hold a second copy of every cache.
+        def body(i, carry):
+            h_BTD, layers = carry
+            unit, caches = jax.tree.map(lambda a: a[i], (self.units, layers))
+            h_BTD, caches = unit(h_BTD, None, caches)
+            return h_BTD, jax.tree.map(lambda a, c: a.at[i].set(c), layers, caches)
 
+        num_units = jax.tree.leaves(self.units)[0].shape[0]
         with use_implementations(dict(self.implementations)):
-            x_BTD, cache = jax.lax.scan(body, x_BTD, (self.units, cache))
-        return self.logits(self.norm(x_BTD)), cache
+            x_BTD, layers = jax.lax.fori_loop(0, num_units, body, (x_BTD, cache["layers"]))
+        pos = cache["pos"] + tokens_BT.shape[1]
+        return self.logits(self.norm(x_BTD)), {**cache, "layers": layers, "pos": pos}
 
-    def init_cache(self, batch: int, max_len: int):
-        """Every block's decode cache before the first token, stacked over units."""
-        return jax.vmap(lambda unit: unit.init_cache(batch, max_len))(self.units)
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        """The decode cache before the first token: every block's mixer cache stacked over units
+        (`layers`), the tokens consumed (`pos`) and how many it can hold (`limit`: max_len when
+        a softmax layer keeps every key, -1 when only fixed-size states are kept)."""
+        layers = jax.vmap(lambda unit: unit.init_cache(batch, max_len))(self.units)
+        bounded = any(
+            block.mixer.cache_limit(max_len) is not None
+            for block in self.units.blocks  # stacked blocks: the methods are those of one unit
+        )
+        limit = jnp.asarray(max_len if bounded else -1, jnp.int32)
+        return {"layers": layers, "pos": jnp.zeros((), jnp.int32), "limit": limit}
 
     def hidden(self, tokens_BT: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """Final-norm hidden states [B, T, D], before the vocabulary projection."""
+        check_token_ids(tokens_BT, self.embed.num_embeddings)
         x_BTD = shard_tokens(self.embed(tokens_BT))
 
         def body(h_BTD, unit):

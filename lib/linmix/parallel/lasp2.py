@@ -71,10 +71,12 @@ def shard_prefix(a_W, M_W, S0, seq_axis: str, *, transition: bool = False):
 
 def place(x: jax.Array, mesh, spec: P) -> jax.Array:
     """`x` laid out as `spec` on `mesh`: `jax.reshard` on an Explicit mesh (it does no implicit
-    resharding), a sharding constraint on an Auto one."""
+    resharding), a sharding constraint on an Auto one. A NamedSharding, not the bare spec, so
+    that no `jax.set_mesh(mesh)` is needed around the call."""
+    sharding = jax.sharding.NamedSharding(mesh, spec)
     if all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
-        return jax.reshard(x, spec)
-    return lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+        return jax.reshard(x, sharding)
+    return lax.with_sharding_constraint(x, sharding)
 
 
 def shard_map_inputs(fn, mesh, args: dict, specs: dict, out_specs):

@@ -17,11 +17,10 @@ from linmix.train.guards import Preemption, check_finite
 from linmix.train.metrics import MetricWriter
 from linmix.train.sharding import put_batch
 from linmix.train.tasks import make_task
-from linmix.train.trainer import Trainer
+from linmix.train.trainer import GUARDS, Trainer
 from linmix.train.validate import validate
 
 log = logging.getLogger(__name__)
-UNLOGGED = ("finite", "grads_finite")  # step outputs the guards read, not metrics
 
 
 def run(config: ConfigDict, workdir: str | Path) -> dict:
@@ -80,7 +79,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
                     tok_s = tokens_per_step * (step - step_last) / (now - t_last)
                     t_last, step_last = now, step
                     record.update(
-                        {k: float(v) for k, v in metrics.items() if k not in UNLOGGED},
+                        {k: float(v) for k, v in metrics.items() if k not in GUARDS},
                         tokens_per_s=tok_s,
                     )
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tok_s:,.0f}")

@@ -41,6 +41,7 @@ from linmix.train.tasks import Task, make_task
 from linmix.train.validate import validate
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "target_bytes")
+GUARDS = ("finite", "grads_finite")  # step outputs the loop's guards read, not metrics
 
 
 class Trainer:
@@ -103,8 +104,9 @@ class Trainer:
 
     def step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One optimizer step on `batch` (this process's rows); `state` is donated: use the
-        returned one. Metrics: loss, accuracy, grad_norm, and the guards' finite flags."""
-        return self.train_fn(state, self.put(batch))
+        returned one. Metrics: loss, accuracy, grad_norm."""
+        state, metrics = self.train_fn(state, self.put(batch))
+        return state, {k: v for k, v in metrics.items() if k not in GUARDS}
 
     def evaluate(self, model) -> dict[str, float]:
         """The task's held-out metrics for `model` (eval_accuracy; eval_loss, eval_ppl, eval_bpb

@@ -29,7 +29,25 @@ class Options:
 
 
 class Mixer:
-    """Mixin giving a mixer its registry name, options and head bookkeeping."""
+    """Base of every mixer in `REGISTRY`: its name, its options and the call contract.
+
+    A mixer sets `name` (its registry key), `Options` (a frozen dataclass whose defaults are the
+    paper's; `ModelConfig.mixer_options` overrides fields by name and rejects unknown ones) and
+    `causal`, and is called as `mixer(x_BTD, segment_ids=None, cache=None) -> (y_BTD, cache)`.
+
+    Causal (`causal = True`): token t sees only tokens <= t. `init_cache(batch, max_len)` is the
+    state before the first token; a call with it consumes T more tokens (T = 1: the decode step,
+    T > 1: prefill) and returns the advanced cache.
+    Bidirectional (`causal = False`, the vision mixers): every token sees every token and there
+    is no cache; `permutation_equivariant` says whether shuffling the tokens shuffles the outputs.
+
+    Option of every mixer (the base `Options`):
+        num_heads (None): number of heads; None takes `ModelConfig.num_heads`. Per-head widths
+            are the mixer's total widths divided by it. Mixers that size their heads otherwise
+            say so in their own docstring.
+
+    Each mixer's docstring names its paper, its engine and form, and its other options.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = Options
@@ -41,6 +59,11 @@ class Mixer:
     def init_cache(self, batch: int, max_len: int) -> dict:
         """The decode cache before the first token (a pytree of arrays)."""
         raise ValueError(f"mixer {self.name!r} is not causal: it has no decode cache")
+
+    def cache_limit(self, max_len: int) -> int | None:
+        """How many tokens `init_cache(batch, max_len)` can hold (None: unbounded, the
+        fixed-size states of linear mixers)."""
+        return None
 
     def check_call(self, x_BTD: Any, segment_ids: Any, cache: Any) -> None:
         """Reject what the call contract forbids, with a message naming the mixer."""

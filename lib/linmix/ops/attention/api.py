@@ -6,7 +6,7 @@ import jax
 
 from linmix.ops.attention.reference import attention_reference
 from linmix.ops.attention.xla import attention_xla
-from linmix.ops.common.checks import check_segment_ids, check_segment_order
+from linmix.ops.common.checks import check_float_dtypes, check_segment_ids, check_segment_order
 
 IMPLEMENTATIONS = ("xla", "reference")
 
@@ -52,6 +52,7 @@ def _validate(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array |
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"{name} must have rank 4 [B, T, heads, dim], got shape {x.shape}")
+    check_float_dtypes(q=q, k=k, v=v)
     B, T, H, D = q.shape
     Hkv = k.shape[2]
     if k.shape != (B, T, Hkv, D):

@@ -16,9 +16,13 @@ def attention_decode(
     *,
     scale: float | None = None,
     window: int | None = None,
+    key_positions: jax.Array | None = None,
 ) -> jax.Array:
     """Query t sits at position start + t and sees cached keys s <= start + t (and, with a
     window, s > start + t - window). The cache holds S slots, filled up to start + T.
+
+    `key_positions` (int [S], optional) gives each slot's position in the sequence (-1: empty)
+    when the slots are not positions 0..S-1 in order (a ring buffer of a sliding window).
 
     Returns o [B, T, H, V] in q's dtype; fp32 logits and softmax.
     """
@@ -30,8 +34,8 @@ def attention_decode(
         "btgrd,bsgd->bgrts", q_BTGRD, k_cache_BSGD.astype(jnp.float32), precision=_HIGHEST
     )
     pos_T1 = (start + jnp.arange(T))[:, None]
-    key_1S = jnp.arange(S)[None, :]
-    mask_TS = key_1S <= pos_T1
+    key_1S = (jnp.arange(S) if key_positions is None else key_positions)[None, :]
+    mask_TS = (key_1S >= 0) & (key_1S <= pos_T1)
     if window is not None:
         mask_TS = mask_TS & (key_1S > pos_T1 - window)
     logits_BGRTS = jnp.where(mask_TS, logits_BGRTS, -jnp.inf)

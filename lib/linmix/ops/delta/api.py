@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from linmix.ops.common import contract
 from linmix.ops.common.checks import (
     check_chunk_size,
+    check_float_dtypes,
     check_float_state,
     check_nonpositive,
     check_segment_ids,
@@ -150,8 +150,8 @@ def _validate(
     segment_ids: jax.Array | None,
     chunk_size: int,
 ) -> None:
-    """Shapes and dtypes always; values (g <= 0, sorted ids) on eager calls only (a traced
-    value can't be inspected under jit)."""
+    """Shapes and dtypes always; values (g <= 0, sorted ids) on eager calls and under
+    `linmix.ops.checked` (skipped under plain jit)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"{name} must have rank 4 [B, T, H, dim], got shape {x.shape}")
@@ -167,9 +167,7 @@ def _validate(
         raise ValueError(
             f"g must be None or a per-head log-decay [B, T, H] = {(B, T, H)}, got {g.shape}"
         )
-    for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta), ("g", g)):
-        if x is not None and not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"{name} must have a float dtype, got {x.dtype}")
+    check_float_dtypes(q=q, k=k, v=v, beta=beta, g=g)
     check_float_state(initial_state, (B, H, K, V), "[B, H, K, V]")
     check_segment_ids(segment_ids, B, T)
     check_nonpositive("g", g)

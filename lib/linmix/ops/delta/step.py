@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.common.checks import check_nonpositive
+from linmix.ops.common.checks import check_float_dtypes, check_nonpositive
 from linmix.ops.delta.normalize import l2_normalize
 
 _F32 = jnp.float32
@@ -67,10 +67,12 @@ def _validate(
     g: jax.Array | None,
     state: jax.Array,
 ) -> None:
-    """Shapes and dtypes always; gate values (<= 0) on eager calls only."""
+    """Shapes and dtypes always; gate values (<= 0) on eager calls and under
+    `linmix.ops.checked`."""
     for name, x in (("q_t", q), ("k_t", k), ("v_t", v)):
         if x.ndim != 3:
             raise ValueError(f"{name} must have rank 3 [B, H, dim], got shape {x.shape}")
+    check_float_dtypes(q_t=q, k_t=k, v_t=v, beta_t=beta, g_t=g, state=state)
     B, H, K = q.shape
     if k.shape != q.shape:
         raise ValueError(f"k_t must have the shape of q_t {q.shape} ([B, H, K]), got {k.shape}")

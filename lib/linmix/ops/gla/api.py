@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from linmix.ops.common import contract
 from linmix.ops.common.checks import (
     check_chunk_size,
+    check_float_dtypes,
     check_nonpositive,
     check_segment_ids,
     check_segment_order,
@@ -184,11 +185,12 @@ def _validate(
     chunk_size: int,
     normalize: bool = False,
 ) -> None:
-    """Shapes and dtypes always; values (g <= 0, sorted ids) on eager calls only (a traced
-    value can't be inspected under jit)."""
+    """Shapes and dtypes always; values (g <= 0, sorted ids) on eager calls and under
+    `linmix.ops.checked` (skipped under plain jit)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"{name} must have rank 4 [B, T, H, dim], got shape {x.shape}")
+    check_float_dtypes(q=q, k=k, v=v, g=g, initial_state=initial_state)
     B, T, H, K = q.shape
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q {q.shape} ([B, T, H, K]), got {k.shape}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.common.checks import check_nonpositive
+from linmix.ops.common.checks import check_float_dtypes, check_nonpositive
 from linmix.ops.gla import features
 
 _F32 = jnp.float32
@@ -41,6 +41,7 @@ def gla_step(
     Returns:
       (o_t [B, H, V] in q_t.dtype, new state [B, H, K, V] fp32).
     """
+    check_float_dtypes(q_t=q_t, k_t=k_t, v_t=v_t, g_t=g_t, state=state)
     if normalize:
         v_t = features.with_denominator(v_t)
     _validate(q_t, k_t, v_t, g_t, state)
@@ -62,7 +63,8 @@ def gla_step(
 def _validate(
     q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, state: jax.Array
 ) -> None:
-    """Shapes and dtypes always; gate values (<= 0) on eager calls only."""
+    """Shapes and dtypes always; gate values (<= 0) on eager calls and under
+    `linmix.ops.checked`."""
     for name, x in (("q_t", q), ("k_t", k), ("v_t", v)):
         if x.ndim != 3:
             raise ValueError(f"{name} must have rank 3 [B, H, dim], got shape {x.shape}")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from linmix.ops.common import contract
 from linmix.ops.common.checks import (
     check_chunk_size,
+    check_float_dtypes,
     check_float_state,
     check_nonpositive,
     check_segment_ids,
@@ -117,10 +118,11 @@ def validate(
     segment_ids: jax.Array | None,
     chunk_size: int,
 ) -> None:
-    """Shapes and dtypes always; values (A <= 0, sorted ids) on eager calls only (a traced
-    value can't be inspected under jit)."""
+    """Shapes and dtypes always; values (A <= 0, sorted ids) on eager calls and under
+    `linmix.ops.checked` (skipped under plain jit)."""
     if x.ndim != 3:
         raise ValueError(f"x must have rank 3 [B, T, Dc], got shape {x.shape}")
+    check_float_dtypes(x=x, dt=dt, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     Bt, T, Dc = x.shape
     if dt.shape != x.shape:
         raise ValueError(f"dt must have the shape of x {x.shape} ([B, T, Dc]), got {dt.shape}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from linmix.ops.common.checks import check_nonpositive
+from linmix.ops.common.checks import check_float_dtypes, check_nonpositive
 from linmix.ops.ssm import common
 
 
@@ -54,9 +54,11 @@ def selective_scan_step(
 
 
 def _validate(x, dt, A, B, C, D, z, state, dt_bias) -> None:
-    """Shapes and dtypes always; values (A <= 0) on eager calls only."""
+    """Shapes and dtypes always; values (A <= 0) on eager calls and under
+    `linmix.ops.checked`."""
     if x.ndim != 2:
         raise ValueError(f"x_t must have rank 2 [B, Dc], got shape {x.shape}")
+    check_float_dtypes(x_t=x, dt_t=dt, B_t=B, C_t=C, D=D, z_t=z, dt_bias=dt_bias)
     Bt, Dc = x.shape
     if dt.shape != x.shape:
         raise ValueError(f"dt_t must have the shape of x_t {x.shape} ([B, Dc]), got {dt.shape}")
