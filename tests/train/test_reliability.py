@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from linmix.testing.train import final_params, tiny_config
-from linmix.train import loop
+from linmix.train import loop, trainer
 from linmix.train.checkpoint import Checkpointer
 from linmix.train.guards import NonFiniteError
 from linmix.train.metrics import read_metrics
@@ -112,7 +112,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
 
 def _poison_step(at: int):
     """A train step whose step `at` (1-based) has a NaN loss and a NaN gradient."""
-    clean = loop.train_step
+    clean = trainer.train_step
 
     def step(state, batch, **kw):
         new_state, metrics = clean(state, batch, **kw)
@@ -125,7 +125,7 @@ def _poison_step(at: int):
 
 
 def test_nonfinite_step_stops_with_report_and_keeps_last_good(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "train_step", _poison_step(at=7))
+    monkeypatch.setattr(trainer, "train_step", _poison_step(at=7))  # the step the loop compiles
     with pytest.raises(NonFiniteError, match=r"step 7: loss=nan; non-finite gradients in \.embed"):
         loop.run(tiny_config(), tmp_path)
     report = json.loads((tmp_path / "nonfinite.json").read_text())
