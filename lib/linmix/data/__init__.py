@@ -1,8 +1,9 @@
 """Data as deterministic grain sources and the input pipelines over them: the synthetic MQAR
-task (`mqar`), and real text (`corpus` readers, `tokenizer`s, prepared token `shards`, and `lm`
-rows of packed documents)."""
+task (`mqar`) and MAD suite (`mad`), and real text (`corpus` readers, `tokenizer`s, prepared
+token `shards`, and `lm` rows of packed documents)."""
 
 from linmix.data.lm import PackedSource
+from linmix.data.mad import MAD_TASKS, MADSource, make_mad_sources, validate_mad_args
 from linmix.data.mqar import (
     IGNORE_INDEX,
     SPLIT_INDEX,
@@ -15,13 +16,17 @@ from linmix.data.pipeline import eval_batches, per_process_batch_size, train_ite
 
 __all__ = [
     "IGNORE_INDEX",
+    "MAD_TASKS",
     "SPLIT_INDEX",
+    "MADSource",
     "MQARSource",
     "PackedSource",
     "eval_batches",
+    "make_mad_sources",
     "make_mqar_sources",
     "mqar_example",
     "per_process_batch_size",
     "train_iterator",
+    "validate_mad_args",
     "validate_mqar_args",
 ]

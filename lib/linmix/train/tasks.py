@@ -6,6 +6,8 @@ a dense loss), the tokens per step, and its evaluation (metrics named `eval_*`).
 
 - `mqar`: the synthetic recall task; evaluation is the mean over test examples of the accuracy
   over their supervised positions (`eval_accuracy`).
+- `mad`: one task of the MAD synthetic suite (`config.data.task`), evaluated like `mqar`; the
+  supervised positions vary per example, so the loss is dense.
 - `lm`: next-token prediction on a prepared corpus (`linmix.data.lm`); evaluation over the
   held-out documents: `eval_loss` (nats per token), `eval_ppl`, `eval_bpb` (bits per raw UTF-8
   byte of the predicted text, comparable across tokenizers) and `eval_accuracy`.
@@ -21,7 +23,13 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from linmix.data import IGNORE_INDEX, eval_batches, make_mqar_sources, train_iterator
+from linmix.data import (
+    IGNORE_INDEX,
+    eval_batches,
+    make_mad_sources,
+    make_mqar_sources,
+    train_iterator,
+)
 from linmix.data.lm import PackedSource
 from linmix.train.sharding import put_batch
 
@@ -43,6 +51,8 @@ class Task:
 def make_task(config: ConfigDict) -> Task:
     if config.task == "mqar":
         return mqar_task(config)
+    if config.task == "mad":
+        return mad_task(config)
     if config.task == "lm":
         return lm_task(config)
     raise ValueError(f"unknown task {config.task!r}")
@@ -67,16 +77,31 @@ def mqar_task(config: ConfigDict) -> Task:
             train_src, batch_size=tc.batch_size, seed=config.seed, worker_count=d.worker_count
         )
 
-    def evaluate(eval_fn, model, sharding) -> dict[str, float]:
-        n = min(tc.eval_examples, len(test_src))
-        sums = _eval_sums(eval_fn, model, sharding, test_src, tc.batch_size, n)
-        real = sums["supervised_B"] > 0
-        accuracy = sums["correct_B"][real] / sums["supervised_B"][real]
-        return {"eval_accuracy": float(np.mean(accuracy))}
-
+    evaluate = _example_accuracy(test_src, tc.batch_size, tc.eval_examples)
     # Every MQAR example supervises exactly num_kv_pairs positions: a static bound for the gather.
     bound = tc.batch_size * d.num_kv_pairs
     return Task("mqar", make_iter, bound, tc.batch_size * d.seq_len, evaluate)
+
+
+def mad_task(config: ConfigDict) -> Task:
+    d, tc = config.data, config.train
+    train_src, test_src = make_mad_sources(
+        d.task,
+        config.seed,
+        d.num_train,
+        d.num_test,
+        vocab_size=d.vocab_size,
+        seq_len=d.seq_len,
+        **d.task_options.to_dict(),
+    )
+
+    def make_iter():
+        return train_iterator(
+            train_src, batch_size=tc.batch_size, seed=config.seed, worker_count=d.worker_count
+        )
+
+    evaluate = _example_accuracy(test_src, tc.batch_size, tc.eval_examples)
+    return Task("mad", make_iter, None, tc.batch_size * d.seq_len, evaluate, repr(train_src))
 
 
 def lm_task(config: ConfigDict) -> Task:
@@ -105,6 +130,20 @@ def lm_task(config: ConfigDict) -> Task:
         valid_src.stats.describe(d.seq_len)
     )
     return Task("lm", make_iter, None, tc.batch_size * d.seq_len, evaluate, description)
+
+
+def _example_accuracy(source, batch_size: int, eval_examples: int):
+    """Evaluation over the first `eval_examples` test examples: `eval_accuracy`, the mean over
+    examples of the accuracy over their supervised positions."""
+
+    def evaluate(eval_fn, model, sharding) -> dict[str, float]:
+        n = min(eval_examples, len(source))
+        sums = _eval_sums(eval_fn, model, sharding, source, batch_size, n)
+        real = sums["supervised_B"] > 0
+        accuracy = sums["correct_B"][real] / sums["supervised_B"][real]
+        return {"eval_accuracy": float(np.mean(accuracy))}
+
+    return evaluate
 
 
 def _eval_sums(eval_fn, model, sharding, source, batch_size: int, n: int) -> dict[str, np.ndarray]:

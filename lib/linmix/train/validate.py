@@ -5,13 +5,13 @@ from __future__ import annotations
 import jax
 from ml_collections import ConfigDict
 
-from linmix.data import validate_mqar_args
+from linmix.data import MAD_TASKS, validate_mad_args, validate_mqar_args
 from linmix.data.lm import MODES
 from linmix.data.shards import read_meta
 from linmix.models import ModelConfig
 from linmix.parallel.mesh import resolve_sizes
 
-TASKS = ("mqar", "lm")
+TASKS = ("mqar", "mad", "lm")
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,8 @@ def validate(config: ConfigDict) -> ModelConfig:
     )
     if config.task == "mqar":
         _validate_mqar(d, model_cfg)
+    elif config.task == "mad":
+        _validate_mad(d, model_cfg)
     else:
         _validate_lm(d, model_cfg)
     _need(tc.steps >= 1, f"train.steps must be >= 1, got {tc.steps}")
@@ -75,6 +77,21 @@ def _validate_mqar(d: ConfigDict, model_cfg: ModelConfig) -> None:
             num_kv_pairs=d.num_kv_pairs,
             num_passes=d.num_passes,
             power_a=d.power_a,
+        )
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
+    _need(
+        model_cfg.vocab_size >= d.vocab_size,
+        f"model.vocab_size={model_cfg.vocab_size} < data.vocab_size={d.vocab_size}",
+    )
+    _need(d.num_train >= 1 and d.num_test >= 1, "data.num_train and data.num_test must be >= 1")
+
+
+def _validate_mad(d: ConfigDict, model_cfg: ModelConfig) -> None:
+    _need(d.task in MAD_TASKS, f"data.task {d.task!r} not in {sorted(MAD_TASKS)}")
+    try:
+        validate_mad_args(
+            d.task, vocab_size=d.vocab_size, seq_len=d.seq_len, **d.task_options.to_dict()
         )
     except ValueError as e:
         raise ConfigError(f"data: {e}") from None
