@@ -111,17 +111,12 @@ class LM(nnx.Module):
         check_cache_room(cache["pos"], tokens_BT.shape[1], cache["limit"])
         x_BTD = self.embed(tokens_BT)
 
-        # A loop carrying the stacked caches, each unit's slice written back in place: a scan
-        # with the caches as inputs and outputs would hold a second copy of every cache.
-        def body(i, carry):
-            h_BTD, layers = carry
-            unit, caches = jax.tree.map(lambda a: a[i], (self.units, layers))
-            h_BTD, caches = unit(h_BTD, None, caches)
-            return h_BTD, jax.tree.map(lambda a, c: a.at[i].set(c), layers, caches)
+        def body(h_BTD, unit_and_caches):
+            unit, caches = unit_and_caches
+            return unit(h_BTD, None, caches)
 
-        num_units = jax.tree.leaves(self.units)[0].shape[0]
         with use_implementations(dict(self.implementations)):
-            x_BTD, layers = jax.lax.fori_loop(0, num_units, body, (x_BTD, cache["layers"]))
+            x_BTD, layers = jax.lax.scan(body, x_BTD, (self.units, cache["layers"]))
         pos = cache["pos"] + tokens_BT.shape[1]
         return self.logits(self.norm(x_BTD)), {**cache, "layers": layers, "pos": pos}
 
