@@ -10,26 +10,14 @@ import importlib
 
 __version__ = "0.1.0"
 
-API = (
-    "LM",
-    "ModelConfig",
-    "Restored",
-    "Trainer",
-    "build",
-    "check_batch",
-    "evaluate",
-    "fit",
-    "get_config",
-    "load",
-    "parameter_count",
-)
-
 
 def __getattr__(name: str):
-    if name in API:  # loaded on first use: `import linmix.ops` stays light
-        return getattr(importlib.import_module("linmix.api"), name)
+    """`linmix.api`'s names, loaded on first use: `import linmix.ops` stays light."""
+    api = importlib.import_module("linmix.api")
+    if name in api.__all__:
+        return getattr(api, name)
     raise AttributeError(f"module 'linmix' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *API])
+    return sorted([*globals(), *importlib.import_module("linmix.api").__all__])

@@ -39,6 +39,7 @@ __all__ = [
     "Trainer",
     "build",
     "check_batch",
+    "config_file_module",
     "evaluate",
     "fit",
     "get_config",
@@ -59,12 +60,7 @@ def get_config(spec: str, overrides: dict[str, Any] | None = None) -> ConfigDict
     """
     source, _, variant = spec.partition(":")
     if source.endswith(".py"):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {source} not found")
-        module_spec = importlib.util.spec_from_file_location(f"linmix_config_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        module = config_file_module(source)
     elif source in TASK_CONFIGS:
         module = importlib.import_module(f"linmix.configs.{source}")
     else:
@@ -79,6 +75,17 @@ def get_config(spec: str, overrides: dict[str, Any] | None = None) -> ConfigDict
         node[last] = value
     validate(config)
     return config
+
+
+def config_file_module(path: str | Path):
+    """The module of a config file (`ml_collections_configs/*.py`), loaded from its path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    module_spec = importlib.util.spec_from_file_location(f"linmix_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def build(config: ModelConfig | ConfigDict, *, seed: int = 0) -> LM:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import importlib.util
 import itertools
 import json
 import shlex
@@ -41,7 +40,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from linmix.api import get_config
+from linmix.api import config_file_module, get_config
 
 MANIFEST = "sweep.json"
 DONE = "done"
@@ -84,12 +83,10 @@ class Run:
 def load_ablation(spec: str):
     """The ablation ConfigDict of `FILE.py[:variant]` (its `get_config(variant)`)."""
     source, _, variant = spec.partition(":")
-    path = Path(source)
-    if not path.is_file():
-        raise SweepError(f"ablation config {source} not found")
-    module_spec = importlib.util.spec_from_file_location(f"linmix_ablation_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module = config_file_module(source)
+    except FileNotFoundError:
+        raise SweepError(f"ablation config {source} not found") from None
     return module.get_config(variant or None)
 
 

@@ -16,6 +16,7 @@ a dense loss), the tokens per step, and its evaluation (metrics named `eval_*`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -48,6 +49,17 @@ class Task:
     description: str = ""
 
 
+def iterator_maker(source, config: ConfigDict) -> Callable[[], Iterator[Batch]]:
+    """Fresh, checkpointable training iterators over `source` with the config's batch and seed."""
+    return functools.partial(
+        train_iterator,
+        source,
+        batch_size=config.train.batch_size,
+        seed=config.seed,
+        worker_count=config.data.worker_count,
+    )
+
+
 def make_task(config: ConfigDict) -> Task:
     if config.task == "mqar":
         return mqar_task(config)
@@ -72,11 +84,7 @@ def mqar_task(config: ConfigDict) -> Task:
         random_non_queries=d.random_non_queries,
     )
 
-    def make_iter():
-        return train_iterator(
-            train_src, batch_size=tc.batch_size, seed=config.seed, worker_count=d.worker_count
-        )
-
+    make_iter = iterator_maker(train_src, config)
     evaluate = _example_accuracy(test_src, tc.batch_size, tc.eval_examples)
     # Every MQAR example supervises exactly num_kv_pairs positions: a static bound for the gather.
     bound = tc.batch_size * d.num_kv_pairs
@@ -95,11 +103,7 @@ def mad_task(config: ConfigDict) -> Task:
         **d.task_options.to_dict(),
     )
 
-    def make_iter():
-        return train_iterator(
-            train_src, batch_size=tc.batch_size, seed=config.seed, worker_count=d.worker_count
-        )
-
+    make_iter = iterator_maker(train_src, config)
     evaluate = _example_accuracy(test_src, tc.batch_size, tc.eval_examples)
     return Task("mad", make_iter, None, tc.batch_size * d.seq_len, evaluate, repr(train_src))
 
@@ -109,10 +113,7 @@ def lm_task(config: ConfigDict) -> Task:
     train_src = PackedSource(d.path, "train", d.seq_len, d.mode)
     valid_src = PackedSource(d.path, "valid", d.seq_len, "pack")
 
-    def make_iter():
-        return train_iterator(
-            train_src, batch_size=tc.batch_size, seed=config.seed, worker_count=d.worker_count
-        )
+    make_iter = iterator_maker(train_src, config)
 
     def evaluate(eval_fn, model, sharding) -> dict[str, float]:
         n = len(valid_src) if tc.eval_examples <= 0 else min(tc.eval_examples, len(valid_src))
