@@ -46,6 +46,7 @@ CAUSAL = sorted(name for name, cls in REGISTRY.items() if cls.causal)
 CASES = [(m, "L", {}) for m in CAUSAL] + [
     ("gla", "LA", {}),
     ("mamba", "LA", {}),
+    ("gla", "CL", {}),  # BaseConv, then GLA: Zoology's recall model
     ("attention", "L", {"window": 4}),  # a 4-slot ring buffer, overwritten while decoding
 ]
 

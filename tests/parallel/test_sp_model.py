@@ -60,7 +60,7 @@ def _batch(seed: int = 0) -> dict:
 HYBRIDS = {
     "gla_attention": dict(mixer="gla", layer_pattern="LA", mixer_options={"use_short_conv": True}),
     "deltanet_attention": dict(mixer="deltanet", layer_pattern="LA"),
-    "mamba": dict(mixer="mamba", layer_pattern="L"),
+    "conv_mamba": dict(mixer="mamba", layer_pattern="CL"),  # BaseConv (a halo), then Mamba
 }
 
 
@@ -87,7 +87,7 @@ CASES = [  # (hybrid, mesh, the sequence-parallel pieces its layers must use)
         {"fsdp": 2, "seq": 4},
         ("delta_rule_sharded", "attention_allgather_kv", "halo"),
     ),  # fmt: skip
-    ("mamba", {"seq": 8}, ("selective_scan_sharded", "halo")),
+    ("conv_mamba", {"seq": 8}, ("selective_scan_sharded", "halo")),
 ]
 PIECES = {  # module and name of each piece where the model looks it up
     "gla_sharded": recurrent, "delta_rule_sharded": recurrent,

@@ -60,6 +60,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             mixer=mixer,  # registry name of the mixer
             layer_pattern="L",
             mixer_options=options,  # paper defaults + short conv
+            conv_options=dict(conv_size=3),  # "C" blocks: BaseConv taps
             mlp_ratio=4.0,  # SwiGLU hidden width = 4 * d_model
             norm_eps=1e-6,
             tie_embeddings=False,

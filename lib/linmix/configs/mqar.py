@@ -64,8 +64,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
             num_layers=2,  # blocks (a multiple of len(layer_pattern))
             num_heads=2,  # heads (mixers may override in mixer_options)
             mixer=mixer,  # registry name of the "L" mixer
-            layer_pattern="L",  # e.g. "LA": alternate the mixer and softmax attention
+            layer_pattern="L",  # "LA": mixer and softmax attention; "CL": BaseConv, then mixer
             mixer_options=options,  # paper defaults + short conv (+ preset)
+            conv_options=dict(conv_size=3),  # "C" blocks: BaseConv taps
             mlp_ratio=0.0,  # GLU MLP width ratio; 0 removes it (Zoology MQAR has no MLP)
             norm_eps=1e-6,
             tie_embeddings=True,  # the answer is a copied token: tied embeddings learn it fast

@@ -8,7 +8,11 @@ from typing import Any
 
 from linmix.ops import dispatch
 
-LAYER_CODES = {"L": "the configured mixer", "A": "softmax attention"}
+LAYER_CODES = {
+    "L": "the configured mixer",
+    "A": "softmax attention",
+    "C": "a gated short convolution (BaseConv)",
+}
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
 
@@ -18,8 +22,10 @@ class ModelConfig:
     """Hyper-parameters of a causal LM built from mixer blocks.
 
     `layer_pattern` is repeated to `num_layers` blocks: "L" is the configured `mixer`, "A" softmax
-    attention, so "LLLA" with 8 layers gives two units of three linear blocks and one attention
-    block. Layers are scanned over units; a unit holds one block per pattern letter.
+    attention, "C" a gated short convolution (BaseConv, options in `conv_options`), so "LLLA"
+    with 8 layers gives two units of three linear blocks and one attention block, and "CL" with
+    2 layers is Zoology's conv-then-mixer recall model. Layers are scanned over units; a unit
+    holds one block per pattern letter.
     """
 
     vocab_size: int = 8192
@@ -29,6 +35,7 @@ class ModelConfig:
     mixer: str = "attention"
     layer_pattern: str = "L"
     mixer_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    conv_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # "C" blocks
     mlp_ratio: float = 4.0  # GLU hidden width = mlp_ratio * d_model; 0 disables the MLP
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
@@ -41,6 +48,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mixer_options", dict(self.mixer_options))
+        object.__setattr__(self, "conv_options", dict(self.conv_options))
         chosen = {e: i for e, i in dict(self.implementations).items() if i}
         object.__setattr__(self, "implementations", chosen)
         self.validate()
@@ -48,6 +56,7 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
         from linmix.models.mixers import REGISTRY  # local: mixers import this module
+        from linmix.models.mixers.base_conv import BaseConv
 
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -86,6 +95,8 @@ class ModelConfig:
         REGISTRY[self.mixer].options_from(self)
         if "A" in self.layer_pattern:
             REGISTRY["attention"].options_from(self, {})
+        if "C" in self.layer_pattern or self.conv_options:
+            BaseConv.options_from(self, self.conv_options)
 
     @property
     def num_units(self) -> int:

@@ -1,8 +1,9 @@
 """Causal language model: embed -> scanned units of pre-norm blocks -> norm -> logits.
 
 A unit holds one block per letter of `layer_pattern` ("L" the configured mixer, "A" softmax
-attention); units are created with `jax.vmap` (parameters stacked on a leading axis) and run with
-`lax.scan`, so compile time does not grow with depth. Works in NNX tree mode: the model is a pytree.
+attention, "C" a gated short convolution); units are created with `jax.vmap` (parameters
+stacked on a leading axis) and run with `lax.scan`, so compile time does not grow with depth.
+Works in NNX tree mode: the model is a pytree.
 
 Decoding: `cache = lm.init_cache(batch, max_len)` holds every block's mixer cache (stacked over
 units like the parameters: fixed-size states for linear mixers, a key/value cache for softmax
@@ -21,6 +22,7 @@ from flax import nnx
 from linmix.models.config import ModelConfig
 from linmix.models.layers import DTYPES, GLUMLP, rms_norm
 from linmix.models.mixers import REGISTRY
+from linmix.models.mixers.base_conv import BaseConv
 from linmix.ops.common.checks import check_cache_room, check_token_ids
 from linmix.ops.dispatch import use_implementations
 from linmix.parallel.context import shard_tokens
@@ -37,7 +39,9 @@ class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, code: str, *, rngs: nnx.Rngs):
         dtype = DTYPES[cfg.dtype]
         self.norm1 = rms_norm(cfg.d_model, rngs=rngs, dtype=dtype, eps=cfg.norm_eps)
-        if code == "A" and cfg.mixer != "attention":
+        if code == "C":
+            self.mixer = BaseConv(cfg, rngs=rngs, options=cfg.conv_options)
+        elif code == "A" and cfg.mixer != "attention":
             self.mixer = REGISTRY["attention"](cfg, rngs=rngs, options={})
         else:
             self.mixer = REGISTRY[cfg.mixer](cfg, rngs=rngs)
