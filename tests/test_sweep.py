@@ -65,6 +65,21 @@ def test_expand_names_and_flags():
     assert [t["overrides"]["train.steps"] for t in tasks] == [12500, 12500, 25000]
 
 
+@pytest.mark.parametrize(
+    "preset, count, pattern", [("", 432, "L"), ("conv", 432, "CL"), ("cpu", 48, "CL")]
+)
+def test_presets_expand_to_valid_runs(preset, count, pattern):
+    """The paper grid, its conv-first form and the CPU grid: sizes, and the layer pattern of the
+    built configs (the CPU grid's every run validated, the others' first)."""
+    ablation = sweep.load_ablation(f"{ABLATION}:preset={preset}")
+    runs = sweep.expand(ablation, validate=preset == "cpu")
+    assert len(runs) == count and len({r.name for r in runs}) == count
+    first = sweep.checked(runs[0])
+    assert first.overrides.get("model.layer_pattern", "L") == pattern
+    zoology = {1e-4, 4.64e-4, 2.15e-3, 1e-2}  # logspace(-4, -2, 4), 3 significant digits
+    assert {r.lr for r in runs} == ({3e-3, 1e-2} if preset == "cpu" else zoology)
+
+
 def test_sweep_runs_everything_and_reports_best_over_lrs(swept):
     out, stdout = swept
     assert "4 ran, 0 skipped, 0 failed" in stdout, stdout
