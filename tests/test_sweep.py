@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import linmix
 from linmix import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +79,25 @@ def test_presets_expand_to_valid_runs(preset, count, pattern):
     assert first.overrides.get("model.layer_pattern", "L") == pattern
     zoology = {1e-4, 4.64e-4, 2.15e-3, 1e-2}  # logspace(-4, -2, 4), 3 significant digits
     assert {r.lr for r in runs} == ({3e-3, 1e-2} if preset == "cpu" else zoology)
+
+
+@pytest.mark.parametrize("preset, count, steps", [("", 108, 20_000), ("cpu", 36, 1000)])
+def test_mad_grid_runs_each_task_from_its_own_config(preset, count, steps):
+    """The MAD grid: every run validated, built from `mad:task=NAME` with that task's data."""
+    runs = sweep.expand(sweep.load_ablation(f"{ROOT}/ml_collections_configs/ablations/mad.py"
+                                            f":preset={preset}"))  # fmt: skip
+    assert len(runs) == count
+    for run in runs:
+        assert run.spec == f"mad:task={run.task},mixer={run.mixer}"
+        config = linmix.get_config(run.spec, run.overrides)
+        assert config.data.task == run.task and config.model.mixer == run.mixer
+        want = steps if run.task != "memorization" else config.data.num_train * (
+            200 if preset == "" else 50) // config.train.batch_size  # fmt: skip
+        assert run.steps == want, run.name
+    assert (
+        run.command("w")[3] == f"--config=ml_collections_configs/mad.py:task={run.task},"
+        f"mixer={run.mixer}"
+    )
 
 
 def test_sweep_runs_everything_and_reports_best_over_lrs(swept):

@@ -47,7 +47,7 @@ __all__ = [
     "parameter_count",
 ]
 
-TASK_CONFIGS = ("mqar", "lm")  # modules of linmix.configs that name a task
+TASK_CONFIGS = ("mqar", "lm", "mad")  # modules of linmix.configs that name a task
 
 
 def get_config(spec: str, overrides: dict[str, Any] | None = None) -> ConfigDict:

@@ -47,7 +47,7 @@ DONE = "done"
 ERROR = "sweep_error.txt"
 TABLE = Path("results").with_suffix(".md").name
 PLOT = "accuracy_vs_width.png"
-TASK_FILES = {"mqar": "ml_collections_configs/mqar.py", "lm": "ml_collections_configs/lm.py"}
+TASK_FILES = {name: f"ml_collections_configs/{name}.py" for name in ("mqar", "lm", "mad")}
 
 
 class SweepError(ValueError):
@@ -133,8 +133,8 @@ def expand(ablation, *, validate: bool = True) -> list[Run]:
         name = f"{mixer}_d{width}_lr{lr_tag(lr)}_s{seed}_{task['name']}"
         overrides = {**flatten(ablation.get("overrides")), **flatten(task.get("overrides")),
                      "model.d_model": width, "train.lr": float(lr), "seed": seed}  # fmt: skip
-        runs.append(Run(name, mixer, width, float(lr), seed, task["name"], ablation.base,
-                        overrides))  # fmt: skip
+        base = task.get("base", ablation.base)  # a task may name its own config spec
+        runs.append(Run(name, mixer, width, float(lr), seed, task["name"], base, overrides))
     if ablation.mode not in ("max", "min"):
         raise SweepError(f"mode must be 'max' or 'min', got {ablation.mode!r}")
     names = [r.name for r in runs]

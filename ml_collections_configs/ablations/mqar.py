@@ -24,7 +24,8 @@ seconds per run).
 
 Fields: `base` the run config spec (`linmix.get_config`'s, with the mixer added as a variant);
 `grid.{mixers, widths, lrs, seeds}` set model.mixer, model.d_model, train.lr and seed; each of
-`grid.tasks` is {"name", "overrides"}; `overrides` apply to every run (before the task's and the
+`grid.tasks` is {"name", "overrides"} and optionally "base" (the task's own config spec, in place
+of `base`); `overrides` apply to every run (before the task's and the
 grid's own); `metric` and `mode` ("max" | "min") pick the best learning rate from each run's final
 logged `metric`.
 """
